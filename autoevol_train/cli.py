@@ -1,0 +1,76 @@
+"""`autoevol`: argument parsing and dispatch only.
+
+Each subcommand names the module that implements its stage; that module (and torch, vLLM, transformers,
+DeepSpeed behind it) is imported only when the subcommand runs, so `autoevol --help` answers at once.
+Bad input (config, data files) ends with one line on stderr and exit code 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+# command -> (module, config class, stage function, one-line help)
+STAGES = {
+    "optimize": ("autoevol_train.evol.optimize", "OptimizeConfig", "run_optimize",
+                 "optimise the evolving method (Auto Evol-Instruct loop)"),
+    "evolve": ("autoevol_train.evol.evolve", "EvolveConfig", "run_evolve",
+               "evolve a seed dataset with a method, answer it, filter it"),
+    "eval": ("autoevol_train.eval.run", "EvalConfig", "run_eval",
+             "evaluate a model: GSM8K, HumanEval, MT-Bench, AlpacaEval-style"),
+    "run": ("autoevol_train.pipeline", "PipelineConfig", "run_pipeline",
+            "run optimize -> evolve -> train -> eval for one or more arms, then the report"),
+}
+
+
+def _stage_parser(sub: argparse._SubParsersAction, command: str, help_text: str) -> None:
+    parser = sub.add_parser(command, help=help_text, description=help_text)
+    parser.add_argument("config", type=Path, help="YAML config file")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                        help="override config values (YAML syntax), e.g. llm.evol.max_concurrency=128")
+    parser.add_argument("--output-dir", type=Path, default=None,
+                        help="run directory (default: runs/<config name>/<command>); re-running the same "
+                             "command on it resumes where it stopped")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autoevol", description="Auto Evol-Instruct, end to end.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command, (*_, help_text) in STAGES.items():
+        _stage_parser(sub, command, help_text)
+    train = sub.add_parser("train", help="fine-tune with TRL SFTTrainer (+ DeepSpeed ZeRO-3) via accelerate",
+                           description="Launch scripts/run_sft.py under `accelerate launch` with the recipe's "
+                                       "accelerate config. Extra arguments go to the SFT script (TrlParser).")
+    train.add_argument("config", type=Path, help="SFT recipe (TrlParser YAML)")
+    train.add_argument("script_args", nargs=argparse.REMAINDER, help="extra --flags for the SFT script")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from autoevol_train.config import InputError, load_config
+
+    try:
+        if args.command == "train":
+            from autoevol_train.train.launch import launch_training
+            return launch_training(args.config, args.script_args)
+        module_name, config_name, function_name, _ = STAGES[args.command]
+        module = importlib.import_module(module_name)
+        config = load_config(getattr(module, config_name), args.config, args.overrides)
+        output_dir = args.output_dir or Path("runs") / args.config.stem / args.command
+        result = getattr(module, function_name)(config, output_dir)
+    except InputError as exc:
+        print(f"autoevol {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"autoevol {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    if result is not None:
+        print(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

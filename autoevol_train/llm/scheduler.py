@@ -1,0 +1,52 @@
+"""Item-level streaming: keep a bounded number of items in flight, no barrier between them.
+
+A stage describes what happens to one item (evolve it, answer it, evolve it again...) as a coroutine; this
+runs those coroutines over an iterable of items, starting a new one as soon as any finishes, and yields the
+results in completion order. An item's round 2 therefore starts the moment its round 1 is back, however slow
+the other items are, and the servers behind the LLM clients stay saturated. The items iterable is consumed
+lazily, so memory stays bounded by `max_in_flight` whatever the dataset size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+async def stream_map(items: Iterable[T], fn: Callable[[T], Awaitable[R]], max_in_flight: int
+                     ) -> AsyncIterator[tuple[T, R]]:
+    """Yield ``(item, await fn(item))`` in completion order with at most `max_in_flight` items running.
+
+    An exception raised by `fn` is a bug in the stage, not an LLM failure (those come back as labelled
+    completions): it cancels the items still running and propagates.
+    """
+    if max_in_flight < 1:
+        raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+    iterator = iter(items)
+    running: dict[asyncio.Task, T] = {}
+
+    def top_up() -> None:
+        while len(running) < max_in_flight:
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+            running[asyncio.ensure_future(fn(item))] = item
+
+    top_up()
+    try:
+        while running:
+            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                item = running.pop(task)
+                yield item, task.result()
+            top_up()
+    finally:
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)

@@ -1,0 +1,213 @@
+"""A scripted OpenAI-compatible chat server on 127.0.0.1. It is NOT a language model.
+
+Its answers follow a rule a test or benchmark sets (a Python function of the request), so tests can demand
+exact behaviour ("the optimizer's second candidate fixes the failure") that no real model gives on cue. It
+also models what real servers do to clients: a fixed number of decoding slots (requests beyond them queue),
+lognormal latencies, HTTP 500s, hangs and malformed bodies, all drawn from a seeded generator. The real
+vLLM server is what the test-suite uses wherever behaviour need not be exact.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Reply:
+    """What the server does with one request (one choice when the rule is asked per sample)."""
+
+    content: str = ""
+    finish_reason: str = "stop"
+    status: int = 200
+    hang: bool = False
+    malformed: bool = False
+
+
+@dataclass
+class Faults:
+    """Random failures injected before the rule is consulted (rates per HTTP request)."""
+
+    error_rate: float = 0.0
+    hang_rate: float = 0.0
+    malformed_rate: float = 0.0
+    seed: int = 0
+
+
+@dataclass
+class LatencyModel:
+    """Service time per request: lognormal with this median and sigma, served by `slots` parallel slots."""
+
+    median_s: float = 0.0
+    sigma: float = 0.0
+    slots: int | None = None
+    seed: int = 0
+
+    def capacity(self) -> float:
+        """Requests per second the server sustains when all slots are always busy."""
+        mean = self.median_s * math.exp(self.sigma**2 / 2)
+        return (self.slots or 1) / mean if mean > 0 else math.inf
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024  # the listen backlog: the default 5 drops connections under load
+
+
+Rule = Callable[[dict[str, Any], int], "Reply | str"]
+
+
+def echo_rule(request: dict[str, Any], index: int) -> Reply:
+    """Default rule: answer with the last message's text."""
+    return Reply(content=str(request["messages"][-1]["content"]))
+
+
+@dataclass
+class _Counters:
+    requests: int = 0
+    errors: int = 0
+    hangs: int = 0
+    malformed: int = 0
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+
+
+class ScriptedServer:
+    """Run with ``with ScriptedServer(rule) as server: server.base_url``."""
+
+    def __init__(self, rule: Rule = echo_rule, faults: Faults | None = None, latency: LatencyModel | None = None,
+                 keep_bodies: bool = True):
+        self.rule = rule
+        self.faults = faults or Faults()
+        self.latency = latency or LatencyModel()
+        self.counters = _Counters()
+        self._keep_bodies = keep_bodies
+        self._lock = threading.Lock()
+        self._fault_rng = random.Random(self.faults.seed)
+        self._latency_rng = random.Random(self.latency.seed)
+        self._slots = threading.Semaphore(self.latency.slots) if self.latency.slots else None
+        self._stopping = threading.Event()
+        self._busy_s = 0.0  # total slot-seconds spent serving, for utilisation figures
+        self._httpd: ThreadingHTTPServer | None = None
+
+    @property
+    def base_url(self) -> str:
+        assert self._httpd is not None, "server not started"
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    @property
+    def busy_seconds(self) -> float:
+        return self._busy_s
+
+    def start(self) -> "ScriptedServer":
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:  # quiet
+                pass
+
+            def do_GET(self) -> None:
+                if self.path.rstrip("/") in ("/health", "/v1/models"):
+                    self._send(200, json.dumps({"object": "list", "data": [{"id": "scripted"}]}).encode())
+                else:
+                    self._send(404, b'{"error": {"message": "not found"}}')
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                status, payload = server._handle(body)
+                if status is None:  # hang: hold the connection until the client gives up or we stop
+                    server._stopping.wait()
+                    return
+                self._send(status, payload)
+
+            def _send(self, status: int, payload: bytes) -> None:
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self._httpd = _Server(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._httpd.serve_forever, daemon=True, name="scripted-server").start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+
+    def __enter__(self) -> "ScriptedServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _handle(self, body: dict[str, Any]) -> tuple[int | None, bytes]:
+        with self._lock:
+            self.counters.requests += 1
+            if self._keep_bodies:
+                self.counters.bodies.append(body)
+            draw = self._fault_rng.random()
+            delay = (self.latency.median_s * math.exp(self.latency.sigma * self._latency_rng.gauss(0, 1))
+                     if self.latency.median_s > 0 else 0.0)
+        faults = self.faults
+        if draw < faults.error_rate:
+            with self._lock:
+                self.counters.errors += 1
+            return 500, b'{"error": {"message": "injected server error", "type": "server_error"}}'
+        if draw < faults.error_rate + faults.hang_rate:
+            with self._lock:
+                self.counters.hangs += 1
+            return None, b""
+        if draw < faults.error_rate + faults.hang_rate + faults.malformed_rate:
+            with self._lock:
+                self.counters.malformed += 1
+            return 200, b'{"id": "chatcmpl-broken", "choices": [{"message": '
+        if "messages" not in body or not isinstance(body["messages"], list):
+            return 400, b'{"error": {"message": "messages is required", "type": "invalid_request_error"}}'
+        if delay:
+            self._serve_for(delay)
+        n = int(body.get("n") or 1)
+        replies = [self.rule(body, i) for i in range(n)]
+        replies = [Reply(content=r) if isinstance(r, str) else r for r in replies]
+        first = replies[0]
+        if first.hang:
+            return None, b""
+        if first.malformed:
+            return 200, b"this is not json"
+        if first.status != 200:
+            message = json.dumps({"error": {"message": first.content or "scripted error"}}).encode()
+            return first.status, message
+        prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
+        completion_tokens = sum(len(r.content.split()) for r in replies)
+        payload = {
+            "id": f"chatcmpl-scripted-{self.counters.requests}", "object": "chat.completion",
+            "created": int(time.time()), "model": body.get("model", "scripted"),
+            "choices": [{"index": i, "message": {"role": "assistant", "content": r.content},
+                         "finish_reason": r.finish_reason} for i, r in enumerate(replies)],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        }
+        return 200, json.dumps(payload).encode()
+
+    def _serve_for(self, seconds: float) -> None:
+        if self._slots is None:
+            time.sleep(seconds)
+            return
+        with self._slots:
+            time.sleep(seconds)
+            with self._lock:
+                self._busy_s += seconds
