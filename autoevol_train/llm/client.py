@@ -95,7 +95,7 @@ class LLMClient:
         """n samples for `messages`; `overrides` replace the role's sampling fields for this call."""
         sampling = replace(self.config.sampling(), **overrides)
         keys = [call_key(self.config.model, messages, sampling, i) for i in range(n)]
-        results = [self._journal.get(k) if self._journal else None for k in keys]
+        results = [self._journal.get(k) if self._journal is not None else None for k in keys]
         missing = [i for i, got in enumerate(results) if got is None]
         if missing:
             async with self._slots:
@@ -104,7 +104,7 @@ class LLMClient:
             for i in missing:
                 results[i] = fresh[i]
                 failed = fresh[i].error is not None and fresh[i].error.startswith("request_failed")
-                if self._journal and not failed:
+                if self._journal is not None and not failed:
                     self._journal.put(keys[i], self.role, self.config.model, {**request, "index": i}, fresh[i])
         self.stats.samples += n
         self.stats.cached_samples += n - len(missing)
@@ -122,7 +122,8 @@ class LLMClient:
     async def _request(self, messages: Messages, sampling: Sampling, n: int) -> list[Completion]:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.config.max_retries + 1),
-            wait=wait_exponential_jitter(initial=self.config.retry_initial_s, max=60.0),
+            wait=wait_exponential_jitter(multiplier=self.config.retry_initial_s, jitter=self.config.retry_initial_s,
+                                        max=60.0),
             retry=retry_if_exception_type(RetryableError),
             reraise=True,
         )

