@@ -1,0 +1,517 @@
+"""`autoevol optimize`: the Auto Evol-Instruct loop that optimises the evolving method.
+
+Per step t (paper §3): the evol LLM evolves a mini-batch l rounds with the incumbent method e_{t-1} (the
+trajectory) → the optimizer LLM says which cases failed and why (m analyses sampled in one request) and, in
+the same conversation, rewrites the method (m rewrites in parallel) → the incumbent and every candidate
+evolve the development set once and the evol LLM answers each evolved instruction → the failure rate λ
+(failures / |D|) picks the winner. A candidate replaces the incumbent only if it beats the incumbent's score
+on the same dev set. The loop stops after `steps` steps or as soon as λ stops falling.
+
+All calls of a phase go through the LLM layer at once, and the incumbent's dev evaluation runs beside the
+trajectory, so a step lasts about its critical path: l evolutions → analysis → rewrite → evolution + answer.
+
+Resuming: every step ends by rewriting `history.jsonl` atomically; a re-run replays the finished steps from
+it and continues, and the call journal answers every call the killed run had completed, so the result equals
+an uninterrupted run's. The pool, dev set and mini-batches come from seeded generators, never from state.
+
+Official-code deviations are named options: `trajectory_rounds: 1`, `llm.optimizer.temperature: 0`,
+`selection: length_weighted`, `dev_sampling: per_step`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, PositiveFloat, PositiveInt
+
+from autoevol_train.config import InputError, StrictModel
+from autoevol_train.evol.failures import FailureRules, check_evolution, evol_failure, judge_equal
+from autoevol_train.evol.methods import (INSTRUCTION_LABEL, EvolvingMethod, fill, initial_method, load_method,
+                                         load_prompt, weak_method)
+from autoevol_train.evol.parse import extract_evolved
+from autoevol_train.llm.client import LLMClient, LLMPool, Progress, RoleConfig
+from autoevol_train.llm.journal import Journal
+from autoevol_train.llm.scheduler import stream_map
+from autoevol_train.llm.types import Completion
+from autoevol_train.rundir import RunDir, write_atomic
+
+__all__ = ["OptimizeConfig", "SeedConfig", "run_optimize", "load_seed_instructions", "extract_optimized_method"]
+
+_LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+class SeedConfig(StrictModel):
+    """Where the seed instructions come from."""
+
+    path: str = Field(description="a local .jsonl/.json/.parquet/.csv file, or a hub dataset name")
+    field: str = Field("instruction", description="column holding the instruction (GSM8K: question)")
+    input_field: str | None = Field(None, description="optional column appended to the instruction on a new "
+                                    "line when non-empty (Code Alpaca's `input`)")
+    subset: str | None = Field(None, description="hub datasets: the configuration name (GSM8K: main)")
+    split: str = Field("train", description="hub datasets: the split to read")
+
+
+class OptimizerRoleConfig(RoleConfig):
+    """The optimizer role, with the paper's sampling as defaults (the official code decodes greedily)."""
+
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_tokens: PositiveInt = 4096
+    timeout_s: PositiveFloat = 600.0
+
+
+class OptimizeLLMConfig(StrictModel):
+    evol: RoleConfig = Field(description="rewrites instructions and answers them (paper: temperature 0)")
+    optimizer: OptimizerRoleConfig = Field(description="analyses trajectories and rewrites the method")
+
+
+class OptimizeConfig(StrictModel):
+    """The optimisation loop. Defaults are the paper's settings (App. F.2)."""
+
+    seeds: SeedConfig
+    llm: OptimizeLLMConfig
+    initial_method: str = Field("initial", description="'initial' (universal four-step method), 'weak' "
+                                "(ablation) or the path of a method text file")
+    pool_size: PositiveInt = Field(2000, description="seed instructions sampled for the optimisation")
+    dev_size: PositiveInt = Field(50, description="development set D, disjoint from the mini-batches")
+    batch_size: PositiveInt = Field(10, description="mini-batch evolved into a trajectory each step")
+    trajectory_rounds: PositiveInt = Field(3, description="l: evolutions per trajectory (official code: 1)")
+    candidates: PositiveInt = Field(5, description="m: optimisations sampled per step")
+    steps: PositiveInt = Field(10, description="T: maximum number of steps")
+    early_stopping: bool = Field(True, description="stop when λ no longer decreases (or reaches 0)")
+    patience: PositiveInt = Field(1, description="steps without improvement before stopping")
+    selection: Literal["failure_rate", "length_weighted"] = Field(
+        "failure_rate", description="failure_rate: lowest λ; length_weighted (official code): highest "
+        "success rate × mean response words / mean evolved-instruction words")
+    dev_sampling: Literal["fixed", "per_step"] = Field(
+        "fixed", description="fixed: one disjoint dev set; per_step (official code): a new dev sample of the "
+        "whole pool each step, overlapping the mini-batches")
+    failures: FailureRules = Field(default_factory=lambda: FailureRules(elimination=False),
+                                   description="what counts as a failed evolution (paper: F alone)")
+    seed: int = Field(0, ge=0, description="seeds the pool, dev and mini-batch sampling")
+    max_in_flight: PositiveInt = Field(512, description="dev items evaluated at once (calls are further "
+                                       "bounded by each role's max_concurrency)")
+
+
+# --- seeds -------------------------------------------------------------------------------------------------
+
+def load_seed_instructions(seeds: SeedConfig) -> tuple[list[str], str]:
+    """Distinct seed instructions (file order) and a name of their source for messages and reports."""
+    from datasets import load_dataset  # heavy import, only when a stage runs
+
+    path = Path(seeds.path)
+    if path.suffix in _LOCAL_FORMATS or path.exists():
+        if not path.is_file():
+            raise InputError(f"{path}: no such seed file")
+        if path.suffix not in _LOCAL_FORMATS:
+            raise InputError(f"{path}: unsupported seed file type; expected one of {sorted(_LOCAL_FORMATS)}")
+        source = str(path)
+        loader = lambda: load_dataset(_LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")  # noqa: E731
+    else:
+        source = f"{seeds.path}[{seeds.split}]"
+        loader = lambda: load_dataset(seeds.path, seeds.subset, split=seeds.split)  # noqa: E731
+    try:
+        dataset = loader()
+    except Exception as exc:  # datasets raises many types for unreadable files and unknown hub names
+        raise InputError(f"{source}: cannot load seeds: {type(exc).__name__}: {str(exc)[:300]}") from None
+    for name in (seeds.field, seeds.input_field):
+        if name is not None and name not in dataset.column_names:
+            raise InputError(f"{source}: field {name!r} not found; columns are {dataset.column_names}")
+    instructions: dict[str, None] = {}
+    for row_number, row in enumerate(dataset, start=1):
+        text = row[seeds.field]
+        if not isinstance(text, str) or not text.strip():
+            raise InputError(f"{source}:row {row_number}: field {seeds.field!r}: expected a non-empty string, "
+                             f"got {text!r}")
+        extra = row[seeds.input_field] if seeds.input_field else None
+        if isinstance(extra, str) and extra.strip():
+            text = f"{text.strip()}\n{extra.strip()}"
+        instructions.setdefault(text.strip(), None)
+    return list(instructions), source
+
+
+# --- the optimizer's answer --------------------------------------------------------------------------------
+
+_FENCE = re.compile(r"```[ \t]*([^\n`]*)\n(.*?)\n[ \t]*```", re.DOTALL)
+_UNNAMED_FENCES = ("", "text", "markdown", "md", "plaintext")
+_OPTIMIZED = re.compile(r"optimi[sz]ed[ \t_-]*method", re.IGNORECASE)
+_TRAILING_SLOT = re.compile(rf"\n\s*{re.escape(INSTRUCTION_LABEL)}\s*(?:\{{instruction\}}|<[^>\n]*>)?\s*$")
+
+
+def extract_optimized_method(reply: str) -> str | None:
+    """The method in the last fenced block labelled "Optimized Method" (in the fence's info string or on the
+    line just before it), without a trailing empty "#Instruction#:" slot; None when there is none."""
+    found = None
+    for match in _FENCE.finditer(reply):
+        info = match.group(1).strip()
+        line_before = reply[:match.start()].rstrip().rpartition("\n")[2]
+        if _OPTIMIZED.search(info) or (info.lower() in _UNNAMED_FENCES and _OPTIMIZED.search(line_before)):
+            found = match.group(2)
+    if found is None:
+        return None
+    return _TRAILING_SLOT.sub("", found.strip()).strip() or None
+
+
+# --- one step's pieces -------------------------------------------------------------------------------------
+
+def _tokens(*completions: Completion | None) -> int:
+    return sum(c.prompt_tokens + c.completion_tokens for c in completions if c is not None)
+
+
+async def _evolve(client: LLMClient, method: EvolvingMethod, instruction: str
+                  ) -> tuple[Completion, str | None, str | None]:
+    """One evolution: (completion, evolved instruction or None, reason when the call or parse failed)."""
+    completion = await client.chat_one([{"role": "user", "content": method.render(instruction)}])
+    reason = evol_failure(completion)
+    evolved = None if reason else extract_evolved(completion.text, method)
+    if reason is None and evolved is None:
+        reason = "parse_failure"
+    return completion, evolved, reason
+
+
+async def _trajectory(client: LLMClient, method: EvolvingMethod, batch: list[str], rounds: int,
+                      max_in_flight: int) -> tuple[list[dict[str, Any]], list[list[str]], int]:
+    """The mini-batch evolved `rounds` times: what the optimizer sees ({id, stage0, stage1, ...}), the raw
+    evol outputs per item, and the tokens spent. An item stops evolving at its first unusable rewrite."""
+
+    async def evolve_item(index: int) -> tuple[dict[str, Any], list[str], int]:
+        record: dict[str, Any] = {"id": index + 1, "stage0": batch[index]}
+        raw, tokens, current = [], 0, batch[index]
+        for stage in range(1, rounds + 1):
+            completion, evolved, reason = await _evolve(client, method, current)
+            raw.append(completion.text)
+            tokens += _tokens(completion)
+            if evolved is None:
+                record[f"stage{stage}"] = f"[no usable rewrite: {reason}]"
+                break
+            record[f"stage{stage}"] = current = evolved
+        return record, raw, tokens
+
+    results: list[Any] = [None] * len(batch)
+    async for index, result in stream_map(range(len(batch)), evolve_item, max_in_flight):
+        results[index] = result
+    return [r[0] for r in results], [r[1] for r in results], sum(r[2] for r in results)
+
+
+@dataclass
+class Proposal:
+    """One of the m optimisations: the analysis (feedback), the rewrite, and the method it yielded."""
+
+    index: int
+    feedback: str
+    reply: str
+    method: EvolvingMethod | None
+    status: str  # ok | analysis_failed: <error> | optimization_failed: <error> | no_method_block
+    tokens: int
+
+
+async def _propose(client: LLMClient, method: EvolvingMethod, trajectory: list[dict[str, Any]], m: int,
+                   step: int) -> list[Proposal]:
+    """m analyses in one request (n=m), then each one's optimisation turn, all in parallel."""
+    analysis_prompt = fill(load_prompt("optimizer_analysis"),
+                           trajectory=json.dumps(trajectory, ensure_ascii=False, indent=1))
+    conversation = [{"role": "user", "content": analysis_prompt}]
+    analyses = await client.chat(conversation, n=m)
+    request = fill(load_prompt("optimizer_optimize"), method=method.text)
+
+    async def optimise(index: int, analysis: Completion) -> Proposal:
+        if not analysis.ok:
+            return Proposal(index, analysis.text, "", None, f"analysis_failed: {analysis.error}", _tokens(analysis))
+        reply = await client.chat_one(conversation + [{"role": "assistant", "content": analysis.text},
+                                                      {"role": "user", "content": request}])
+        tokens = _tokens(analysis, reply)
+        if not reply.ok:
+            return Proposal(index, analysis.text, reply.text, None, f"optimization_failed: {reply.error}", tokens)
+        text = extract_optimized_method(reply.text)
+        if text is None:
+            return Proposal(index, analysis.text, reply.text, None, "no_method_block", tokens)
+        candidate = EvolvingMethod(f"step{step}/cand{index}", text, method.format)
+        return Proposal(index, analysis.text, reply.text, candidate, "ok", tokens)
+
+    return list(await asyncio.gather(*(optimise(i, a) for i, a in enumerate(analyses))))
+
+
+@dataclass
+class DevResult:
+    original: str
+    evol_output: str
+    evolved: str | None
+    response: str | None
+    reason: str | None
+    tokens: int
+
+
+@dataclass
+class Evaluation:
+    """One method on the dev set."""
+
+    method: EvolvingMethod
+    results: list[DevResult] = field(default_factory=list)
+
+    @property
+    def failures(self) -> dict[str, int]:
+        return dict(sorted(Counter(r.reason for r in self.results if r.reason).items()))
+
+    @property
+    def failure_rate(self) -> float:
+        return sum(r.reason is not None for r in self.results) / len(self.results)
+
+    def score(self, selection: str) -> float:
+        """Lower is better. length_weighted is the official code's success × length ratio, negated."""
+        if selection == "failure_rate":
+            return self.failure_rate
+        good = [r for r in self.results if r.reason is None]
+        if not good:
+            return 0.0
+        response_words = sum(len((r.response or "").split()) for r in good) / len(good)
+        instruction_words = max(sum(len((r.evolved or "").split()) for r in good) / len(good), 1.0)
+        return -(len(good) / len(self.results)) * response_words / instruction_words
+
+
+async def _evaluate(client: LLMClient, methods: list[EvolvingMethod], dev: list[str], rules: FailureRules,
+                    max_in_flight: int, desc: str, pool: LLMPool) -> list[Evaluation]:
+    """Every method evolves every dev item once; the evol LLM answers each usable evolution; F decides."""
+
+    async def run(pair: tuple[int, int]) -> DevResult:
+        method, original = methods[pair[0]], dev[pair[1]]
+        completion, evolved, reason = await _evolve(client, method, original)
+        if reason is None:
+            reason = check_evolution(original, evolved, None, rules)
+        if reason is None and rules.llm_equal_judge and await judge_equal(client, original, evolved or ""):
+            reason = "equal_to_original"
+        response = None
+        if reason is None:
+            response = await client.chat_one([{"role": "user", "content": evolved}])
+            reason = check_evolution(original, evolved, response, rules)
+        return DevResult(original, completion.text, evolved, response.text if response else None, reason,
+                         _tokens(completion, response))
+
+    evaluations = [Evaluation(m, [None] * len(dev)) for m in methods]  # type: ignore[list-item]
+    pairs = [(mi, di) for mi in range(len(methods)) for di in range(len(dev))]
+    with Progress(len(pairs), desc, pool) as bar:
+        async for (mi, di), result in stream_map(pairs, run, max_in_flight):
+            evaluations[mi].results[di] = result
+            bar.update(1)
+    return evaluations
+
+
+# --- the loop ----------------------------------------------------------------------------------------------
+
+def _starting_method(config: OptimizeConfig) -> EvolvingMethod:
+    if config.initial_method == "initial":
+        return initial_method()
+    if config.initial_method == "weak":
+        return weak_method()
+    return load_method(config.initial_method)
+
+
+@dataclass
+class LoopState:
+    incumbent: EvolvingMethod
+    steps_done: int = 0
+    stall: int = 0
+    last_failure_rate: float | None = None
+    stop_reason: str | None = None
+
+
+def _read_history(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _advance(state: LoopState, rows: list[dict[str, Any]], method: EvolvingMethod, config: OptimizeConfig) -> None:
+    """Apply one finished step's rows (the `selected` row and its method) to the state, then decide on stopping."""
+    selected = next(r for r in rows if r["selected"])
+    state.steps_done = rows[0]["step"]
+    state.stall = state.stall + 1 if selected["candidate"] == "incumbent" else 0
+    state.incumbent = method
+    state.last_failure_rate = selected["lambda"]
+    if not config.early_stopping:
+        state.stop_reason = "max_steps" if state.steps_done >= config.steps else None
+    elif state.stall >= config.patience:
+        state.stop_reason = "no_improvement"
+    elif config.selection == "failure_rate" and selected["lambda"] == 0:
+        state.stop_reason = "no_failures_left"
+    elif state.steps_done >= config.steps:
+        state.stop_reason = "max_steps"
+
+
+def _selected_method(rows: list[dict[str, Any]], state: LoopState, run_path: Path) -> EvolvingMethod:
+    """The method a finished step kept: the incumbent, or the winning candidate read back from its file (so a
+    resumed run and an uninterrupted one continue from the very same text)."""
+    selected = next(r for r in rows if r["selected"])
+    if selected["candidate"] == "incumbent":
+        return state.incumbent
+    text = (run_path / selected["method_file"]).read_text(encoding="utf-8").strip()
+    return EvolvingMethod(selected["name"], text, state.incumbent.format)
+
+
+def _replay(history: list[dict[str, Any]], start: EvolvingMethod, config: OptimizeConfig,
+            run_path: Path) -> LoopState:
+    state = LoopState(start)
+    for step in sorted({r["step"] for r in history}):
+        rows = [r for r in history if r["step"] == step]
+        _advance(state, rows, _selected_method(rows, state, run_path), config)
+    return state
+
+
+def _step_samples(config: OptimizeConfig, step: int, train: list[str], pool: list[str], dev: list[str]
+                  ) -> tuple[list[str], list[str]]:
+    """The step's mini-batch (and dev set under per_step sampling) from a generator seeded by (seed, step)."""
+    rng = random.Random(f"{config.seed}:step:{step}")
+    batch = rng.sample(train, min(config.batch_size, len(train)))
+    if config.dev_sampling == "per_step":
+        dev = rng.sample(pool, min(config.dev_size, len(pool)))
+    return batch, dev
+
+
+def _dev_rows(label: str, evaluation: Evaluation) -> list[dict[str, Any]]:
+    return [{"candidate": label, "method_id": evaluation.method.id, "index": i, "original": r.original,
+             "evol_output": r.evol_output, "evolved": r.evolved, "response": r.response, "reason": r.reason}
+            for i, r in enumerate(evaluation.results)]
+
+
+def _jsonl(rows: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
+async def _run_step(config: OptimizeConfig, pool: LLMPool, state: LoopState, step: int, batch: list[str],
+                    dev: list[str], run_path: Path) -> list[dict[str, Any]]:
+    """One step: writes the trajectory, the candidates and the dev details; returns the history rows."""
+    started = time.monotonic()
+    evol, incumbent = pool["evol"], state.incumbent
+    incumbent_eval = asyncio.ensure_future(
+        _evaluate(evol, [incumbent], dev, config.failures, config.max_in_flight, f"step {step}: incumbent on dev",
+                  pool))
+    shown, raw, trajectory_tokens = await _trajectory(evol, incumbent, batch, config.trajectory_rounds,
+                                                      config.max_in_flight)
+    trajectory_s = time.monotonic() - started
+    proposals = await _propose(pool["optimizer"], incumbent, shown, config.candidates, step)
+    optimizer_s = time.monotonic() - started - trajectory_s
+    candidates = [p.method for p in proposals if p.method is not None]
+    candidate_evals = await _evaluate(evol, candidates, dev, config.failures, config.max_in_flight,
+                                      f"step {step}: {len(candidates)} candidates on dev", pool)
+    incumbent_eval_done = (await incumbent_eval)[0]
+    dev_s = time.monotonic() - started - trajectory_s - optimizer_s
+    wall_s = time.monotonic() - started
+
+    by_index = {p.index: e for p, e in zip([p for p in proposals if p.method is not None], candidate_evals)}
+    incumbent_score = incumbent_eval_done.score(config.selection)
+    best = min(by_index, key=lambda i: (by_index[i].score(config.selection), i), default=None)
+    winner = best if best is not None and by_index[best].score(config.selection) < incumbent_score else None
+
+    prefix = f"step{step:02d}"
+    write_atomic(run_path / "trajectories" / f"{prefix}.json", json.dumps(
+        {"step": step, "method_id": incumbent.id, "batch": batch, "shown_to_optimizer": shown, "evol_outputs": raw},
+        ensure_ascii=False, indent=1) + "\n")
+    dev_rows = _dev_rows("incumbent", incumbent_eval_done)
+    for index, evaluation in by_index.items():
+        dev_rows += _dev_rows(str(index), evaluation)
+    write_atomic(run_path / "dev" / f"{prefix}.jsonl", _jsonl(dev_rows))
+    phases = {"trajectory": round(trajectory_s, 3), "optimizer": round(optimizer_s, 3), "dev": round(dev_s, 3)}
+    rows = [{
+        "step": step, "candidate": "incumbent", "name": incumbent.name, "method_id": incumbent.id,
+        "parent_id": incumbent.id, "status": "ok", "feedback": None, "lambda": incumbent_eval_done.failure_rate,
+        "score": incumbent_score, "n_dev": len(dev), "failures": incumbent_eval_done.failures,
+        "selected": winner is None, "method_file": None,
+        "tokens": {"trajectory": trajectory_tokens, "optimizer": 0,
+                   "dev": sum(r.tokens for r in incumbent_eval_done.results)},
+        "wall_s": round(wall_s, 3), "phase_s": phases,
+    }]
+    for proposal in proposals:
+        evaluation = by_index.get(proposal.index)
+        method_file = None
+        if proposal.method is not None:
+            method_file = f"methods/{prefix}_cand{proposal.index}.txt"
+            write_atomic(run_path / method_file, proposal.method.text + "\n")
+        write_atomic(run_path / "optimizer" / f"{prefix}_cand{proposal.index}.md",
+                     f"# Analysis (feedback)\n\n{proposal.feedback}\n\n# Optimisation reply\n\n{proposal.reply}\n")
+        rows.append({
+            "step": step, "candidate": proposal.index, "name": f"step{step}/cand{proposal.index}",
+            "method_id": proposal.method.id if proposal.method else None, "parent_id": incumbent.id,
+            "status": proposal.status, "feedback": proposal.feedback,
+            "lambda": evaluation.failure_rate if evaluation else None,
+            "score": evaluation.score(config.selection) if evaluation else None, "n_dev": len(dev),
+            "failures": evaluation.failures if evaluation else {}, "selected": proposal.index == winner,
+            "method_file": method_file,
+            "tokens": {"trajectory": 0, "optimizer": proposal.tokens,
+                       "dev": sum(r.tokens for r in evaluation.results) if evaluation else 0},
+            "wall_s": round(wall_s, 3), "phase_s": phases,
+        })
+    return rows
+
+
+@dataclass
+class Seeds:
+    """The sampled pool split into the disjoint dev set and the mini-batch source."""
+
+    source: str
+    distinct: int
+    pool: list[str]
+    dev: list[str]
+    train: list[str]
+
+
+def _split_seeds(config: OptimizeConfig) -> Seeds:
+    instructions, source = load_seed_instructions(config.seeds)
+    sampled = random.Random(config.seed).sample(instructions, min(config.pool_size, len(instructions)))
+    needed = config.dev_size + config.batch_size
+    if len(sampled) < needed:
+        raise InputError(f"{source}: {len(sampled)} distinct instructions, but dev_size + batch_size = {needed} "
+                         "are needed")
+    return Seeds(source, len(instructions), sampled, sampled[:config.dev_size], sampled[config.dev_size:])
+
+
+async def _optimize(config: OptimizeConfig, run_dir: RunDir, seeds: Seeds, start: EvolvingMethod) -> LoopState:
+    from autoevol_train.evol.optimize_report import write_report
+
+    run_path = run_dir.path
+    write_atomic(run_path / "split.json", json.dumps(
+        {"source": seeds.source, "distinct_seeds": seeds.distinct, "pool": len(seeds.pool), "dev": seeds.dev,
+         "train": seeds.train}, ensure_ascii=False, indent=1) + "\n")
+    write_atomic(run_path / "methods" / "initial.txt", start.text + "\n")
+    history_path = run_path / "history.jsonl"
+    history = _read_history(history_path)
+    state = _replay(history, start, config, run_path)
+    write_atomic(run_path / "best_method.txt", state.incumbent.text + "\n")
+
+    journal = Journal(run_dir.journal_path)
+    try:
+        async with LLMPool({"evol": config.llm.evol, "optimizer": config.llm.optimizer}, journal) as pool:
+            while state.stop_reason is None:
+                step = state.steps_done + 1
+                batch, step_dev = _step_samples(config, step, seeds.train, seeds.pool, seeds.dev)
+                rows = await _run_step(config, pool, state, step, batch, step_dev, run_path)
+                history += rows
+                write_atomic(history_path, _jsonl(history))  # the step's commit point
+                _advance(state, rows, _selected_method(rows, state, run_path), config)
+                write_atomic(run_path / "best_method.txt", state.incumbent.text + "\n")
+                write_report(run_path)
+            usage = pool.usage()
+    finally:
+        journal.close()
+    run_dir.finish(llm_usage=usage, stop_reason=state.stop_reason, steps_run=state.steps_done,
+                   best_method_id=state.incumbent.id, best_method_name=state.incumbent.name,
+                   best_lambda=state.last_failure_rate)
+    write_report(run_path)  # again, now that the manifest holds the stop reason
+    return state
+
+
+def run_optimize(config: OptimizeConfig, output_dir: Path) -> Path:
+    """Run (or resume) the loop in `output_dir`; returns the path of best_method.txt.
+
+    Seeds and the starting method are checked before anything is written: bad input raises InputError."""
+    seeds = _split_seeds(config)
+    start = _starting_method(config)
+    run_dir = RunDir(output_dir, "optimize", config)
+    asyncio.run(_optimize(config, run_dir, seeds, start))
+    return run_dir.path / "best_method.txt"

@@ -1,0 +1,60 @@
+"""Pull the evolved instruction out of the evol LLM's answer.
+
+A labelled method answers in steps; the evolved instruction is what follows the LAST final label. Optimised
+methods rename that label ("#Final Rewritten Instruction#", "#Final Evolved Instruction#", "**Final Refined
+Instruction:**", "Step 4 #Finally Rewritten Instruction#", ...), so every such variant is accepted. When no
+final label is found the answer is a parse failure (None): keeping the whole chain-of-thought as "the
+instruction" would silently put methods lists and plans into the dataset.
+"""
+
+from __future__ import annotations
+
+import re
+
+from autoevol_train.evol.methods import EvolvingMethod
+
+__all__ = ["extract_evolved", "PLAIN_MARKERS"]
+
+_NOUN = r"(?:instruction|prompt|question)"
+_WORDS = r"(?:[ \t]+[a-z-]+){0,2}?"
+# "#Finally Rewritten Instruction#", "# Final Instruction #:" anywhere in the text.
+_HASHED = re.compile(rf"#[ \t]*final(?:ly)?{_WORDS}[ \t]+{_NOUN}[ \t]*#[ \t]*:?", re.IGNORECASE)
+# "Final Evolved Instruction:", "**Final Refined Instruction**:", "Step 4: Finally Rewritten Instruction:"
+# at the start of a line; without '#' a colon is required, so prose that mentions the label does not count.
+_LINE = re.compile(
+    rf"^[ \t>*_-]*(?:step[ \t]*\d+[ \t]*[:.)-]?[ \t]*)?[*_]*final(?:ly)?{_WORDS}[ \t]+{_NOUN}[*_]*[ \t]*:[*_]*",
+    re.IGNORECASE | re.MULTILINE,
+)
+# A later labelled section ("#Explanation#:") ends the final instruction. "Step N" lines do not: an evolved
+# instruction may itself list steps.
+_NEXT_SECTION = re.compile(r"^[ \t*]*(?:[Ss]tep[ \t]*\d+[ \t]*)?#[A-Za-z][A-Za-z -]{0,40}#[ \t]*:", re.MULTILINE)
+
+# Labels of Evol-Instruct's human prompts; their presence in a plain answer means the prompt leaked.
+PLAIN_MARKERS = ("#Given Prompt#", "#Rewritten Prompt#", "#Created Prompt#", "#Given Question#",
+                 "#Rewritten Question#")
+_PLAIN_LEAD = re.compile(r"^[ \t*]*#?(?:rewritten|created)[ \t]+(?:prompt|question)#?[ \t*]*:?[ \t*]*",
+                         re.IGNORECASE)
+
+
+def _clean(text: str) -> str:
+    text = text.strip().strip("*_").strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'`":
+        text = text[1:-1].strip()
+    return text
+
+
+def extract_evolved(output: str, method: EvolvingMethod) -> str | None:
+    """The evolved instruction in `output`, or None when there is none (a parse failure)."""
+    if method.format == "plain":
+        text = _clean(_PLAIN_LEAD.sub("", output.strip(), count=1))
+        if not text or any(marker.lower() in text.lower() for marker in PLAIN_MARKERS):
+            return None
+        return text
+    ends = [m.end() for pattern in (_HASHED, _LINE) for m in pattern.finditer(output)]
+    if not ends:
+        return None
+    tail = output[max(ends):]
+    following = _NEXT_SECTION.search(tail)
+    if following is not None:
+        tail = tail[:following.start()]
+    return _clean(tail) or None
