@@ -25,14 +25,21 @@ STAGES = {
 }
 
 
+def default_output_dir(config: Path) -> Path:
+    """runs/<up to two parent folders>-<config name>, without a leading 'recipes': stable across re-runs, so
+    re-running a command resumes it, and distinct for recipes of different models or domains."""
+    parts = [p for p in config.resolve().with_suffix("").parts[-3:] if p != "recipes"]
+    return Path("runs") / "-".join(parts)
+
+
 def _stage_parser(sub: argparse._SubParsersAction, command: str, help_text: str) -> None:
     parser = sub.add_parser(command, help=help_text, description=help_text)
     parser.add_argument("config", type=Path, help="YAML config file")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
                         help="override config values (YAML syntax), e.g. llm.evol.max_concurrency=128")
     parser.add_argument("--output-dir", type=Path, default=None,
-                        help="run directory (default: runs/<config name>/<command>); re-running the same "
-                             "command on it resumes where it stopped")
+                        help="run directory (default: runs/<recipe>-<config name>, e.g. "
+                             "runs/mistral-7b-math-evolve); re-running the same command on it resumes")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         module_name, config_name, function_name, _ = STAGES[args.command]
         module = importlib.import_module(module_name)
         config = load_config(getattr(module, config_name), args.config, args.overrides)
-        output_dir = args.output_dir or Path("runs") / args.config.stem / args.command
+        output_dir = args.output_dir or default_output_dir(args.config)
         result = getattr(module, function_name)(config, output_dir)
     except InputError as exc:
         print(f"autoevol {args.command}: error: {exc}", file=sys.stderr)
