@@ -1,0 +1,371 @@
+"""`autoevol evolve`: evolve every seed with a method for R rounds, answer it, filter it, write a dataset.
+
+Each seed is one item streamed through the LLM layer (`stream_map`): its round 1 evolution, the responder's
+answer, its round 2 evolution... run back to back, with no barrier between items or rounds, so the servers
+stay saturated whatever the latency tail. Multi-turn seeds are evolved turn by turn, and every turn's answer
+is regenerated against the evolved conversation so far. A failed round (evol call failed, no final label,
+failure detector F or an elimination rule) ends that item's chain; the reason goes to the rejects file.
+
+The methods: ``file`` (an optimised ``best_method.txt``), ``initial`` (the universal method), ``weak``,
+``evol-instruct`` (the human baseline: one of its methods drawn per item and round from a seeded generator,
+so a re-run draws the same), or ``none`` (the seed arm: the seeds as they are, answered only where a seed
+has no answer or `respond_seeds` asks for it).
+
+Crash safety and scale: each finished item is appended as one JSON line to ``parts/`` (append-only, one file
+set per attempt) and every LLM call is in the journal; a re-run skips finished items and gets the calls of
+unfinished ones back from the journal, so after a kill -9 the final dataset is identical to an uninterrupted
+run. Memory is bounded by `max_in_flight` items; the dataset is assembled at the end in seed order from the
+parts (`autoevol_train.data.assemble`). ``num_shards``/``shard_index`` run a slice of the seeds (every
+N-th) on one node; a run with ``merge_from`` (the shard run directories) assembles them into one dataset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from autoevol_train.config import InputError, StrictModel, dump_config
+from autoevol_train.data.assemble import AssemblySpec, assemble_dataset
+from autoevol_train.data.decontam import DecontamConfig, Decontaminator
+from autoevol_train.data.dedup import DedupConfig
+from autoevol_train.data.formats import LoadReport, SeedSource, iter_seed_rows
+from autoevol_train.data.parts import PartWriter, completed_keys
+from autoevol_train.evol.failures import FailureRules, check_evolution, evol_failure, judge_equal
+from autoevol_train.evol.methods import (EvolvingMethod, evol_instruct_methods, initial_method, load_method,
+                                         load_prompt, weak_method)
+from autoevol_train.evol.parse import extract_evolved
+from autoevol_train.llm.client import LLMClient, LLMPool, Progress, RoleConfig
+from autoevol_train.llm.journal import Journal
+from autoevol_train.llm.scheduler import stream_map
+from autoevol_train.llm.types import Completion
+from autoevol_train.rundir import RunDir, write_atomic
+
+__all__ = ["EvolveConfig", "EvolveLLM", "ItemEvolver", "run_evolve", "evolve_shard", "build_methods"]
+
+Messages = list[dict[str, str]]
+
+
+class EvolveLLM(StrictModel):
+    evol: RoleConfig = Field(description="the evol LLM: rewrites instructions (paper: temperature 0)")
+    responder: RoleConfig | None = Field(
+        None, description="answers every evolved instruction; default: the evol LLM (as in the paper)")
+
+
+class EvolveConfig(StrictModel):
+    """One dataset evolution. Paper defaults: 1 round, the optimised method, answers by the evol LLM."""
+
+    seeds: SeedSource
+    domain: Literal["chat", "math", "code"] = Field(
+        description="picks the responder's system prompt and Evol-Instruct's method set (code: WizardCoder's)")
+    method: Literal["file", "initial", "weak", "evol-instruct", "none"] = Field(
+        "file", description="file: method_file (an optimised best_method.txt); initial: the universal method; "
+        "weak: the ablation method; evol-instruct: the human baseline; none: the seed arm")
+    method_file: str | None = Field(None, description="the method text file when method is 'file'")
+    rounds: int = Field(1, ge=1, description="evolution rounds R; round r evolves round r-1's instruction")
+    round_output: Literal["mixed", "separate", "last"] = Field(
+        "mixed", description="mixed: rounds 1..R together in split 'train' (the paper's round mixing); "
+        "separate: one split 'round_<r>' per round; last: only round R in 'train'")
+    respond_seeds: bool = Field(
+        False, description="method none: answer every seed with the responder instead of keeping its answer")
+    system_prompt: str | None = Field(
+        None, description="the responder's system prompt; default: prompts/responder_<domain>.txt (math answers "
+        "end with 'The answer is: N'); a seed's own system message takes precedence")
+    failures: FailureRules = Field(default_factory=FailureRules)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    decontam: DecontamConfig = Field(default_factory=DecontamConfig)
+    llm: EvolveLLM
+    seed: int = Field(42, description="draws of Evol-Instruct's per-item, per-round method")
+    max_in_flight: int = Field(256, ge=1, description="seeds being evolved at once (bounds memory)")
+    records_per_part: int = Field(10000, ge=1, description="finished items per append-only part file")
+    rows_per_shard: int = Field(50000, ge=1, description="rows per output parquet file")
+    diversity_rows: int = Field(20000, ge=1, description="rows per set used for distinct-n statistics")
+    shard_index: int = Field(0, ge=0, description="this run's slice: seeds whose index % num_shards == it")
+    num_shards: int = Field(1, ge=1, description="slices the seeds are split into (one node each)")
+    merge_from: list[str] = Field(
+        [], description="shard run directories to assemble into one dataset (no LLM calls are made)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "EvolveConfig":
+        if self.method == "file" and not self.method_file:
+            raise ValueError("method 'file' needs method_file (e.g. runs/x/optimize/best_method.txt)")
+        if self.method != "file" and self.method_file:
+            raise ValueError(f"method_file is set but method is {self.method!r}; set method: file")
+        if self.shard_index >= self.num_shards:
+            raise ValueError(f"shard_index {self.shard_index} must be < num_shards {self.num_shards}")
+        return self
+
+
+def build_methods(config: EvolveConfig) -> list[EvolvingMethod]:
+    """The methods an item can be evolved with (one drawn per item and round when there are several)."""
+    if config.method == "file":
+        return [load_method(config.method_file)]  # type: ignore[arg-type]
+    if config.method == "initial":
+        return [initial_method()]
+    if config.method == "weak":
+        return [weak_method()]
+    if config.method == "evol-instruct":
+        return evol_instruct_methods(config.domain)
+    return []
+
+
+def _user_turns(messages: Messages) -> list[str]:
+    return [m["content"] for m in messages if m["role"] == "user"]
+
+
+def _system(messages: Messages) -> Messages:
+    return [m for m in messages if m["role"] == "system"]
+
+
+class ItemEvolver:
+    """What happens to one seed: R rounds of turn-by-turn evolution, each turn answered and checked."""
+
+    def __init__(self, config: EvolveConfig, evol: LLMClient, responder: LLMClient):
+        self.config = config
+        self.evol = evol
+        self.responder = responder
+        self.methods = build_methods(config)
+        self.system_prompt = config.system_prompt or load_prompt(f"responder_{config.domain}").strip()
+
+    def method_for(self, seed_index: int, round_number: int) -> EvolvingMethod:
+        if len(self.methods) == 1:
+            return self.methods[0]
+        return random.Random(f"{self.config.seed}:{seed_index}:{round_number}").choice(self.methods)
+
+    async def respond(self, conversation: Messages, instruction: str) -> Completion:
+        """The responder's answer to `instruction` after `conversation` (system prompt: the seed's, else ours)."""
+        system = _system(conversation) or [{"role": "system", "content": self.system_prompt}]
+        history = [m for m in conversation if m["role"] != "system"]
+        return await self.responder.chat_one(system + history + [{"role": "user", "content": instruction}])
+
+    def _row(self, seed: dict[str, Any], seed_index: int, round_number: int, method: EvolvingMethod | None,
+             messages: Messages, evolved_from: list[str], evol_calls: list[Completion],
+             responses: list[Completion]) -> dict[str, Any]:
+        return {
+            "id": f"{seed['id']}/r{round_number}", "messages": messages, "seed_id": seed["id"],
+            "seed_index": seed_index, "source": seed["source"], "round": round_number,
+            "method_id": method.id if method else "none", "method_name": method.name if method else "none",
+            "evolved_from": evolved_from, "evol_model": self.evol.model if evol_calls else "",
+            "responder_model": self.responder.model if responses else "",
+            "evol_finish_reasons": [c.finish_reason for c in evol_calls],
+            "response_finish_reasons": [c.finish_reason for c in responses],
+            "evol_prompt_tokens": sum(c.prompt_tokens for c in evol_calls),
+            "evol_completion_tokens": sum(c.completion_tokens for c in evol_calls),
+            "response_prompt_tokens": sum(c.prompt_tokens for c in responses),
+            "response_completion_tokens": sum(c.completion_tokens for c in responses),
+        }
+
+    async def evolve_round(self, seed: dict[str, Any], seed_index: int, round_number: int, previous: Messages
+                           ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """Evolve `previous` (round r-1's conversation) once: (row, None) on success, (None, reject) else."""
+        method = self.method_for(seed_index, round_number)
+        conversation = _system(previous)
+        evol_calls: list[Completion] = []
+        responses: list[Completion] = []
+        originals = _user_turns(previous)
+        for turn, instruction in enumerate(originals, start=1):
+            call = await self.evol.chat_one([{"role": "user", "content": method.render(instruction)}])
+            evol_calls.append(call)
+            reason = evol_failure(call)
+            evolved = None
+            if reason is None:
+                evolved = extract_evolved(call.text, method)
+                reason = check_evolution(instruction, evolved, None, self.config.failures)
+            if reason is None and self.config.failures.llm_equal_judge:
+                if await judge_equal(self.evol, instruction, evolved):  # type: ignore[arg-type]
+                    reason = "equal_to_original"
+            response = None
+            if reason is None:
+                response = await self.respond(conversation, evolved)  # type: ignore[arg-type]
+                responses.append(response)
+                reason = check_evolution(instruction, evolved, response, self.config.failures)
+            if reason is not None:
+                return None, {
+                    "seed_id": seed["id"], "seed_index": seed_index, "round": round_number, "turn": turn,
+                    "reason": reason, "method_id": method.id, "method_name": method.name,
+                    "instruction": instruction, "evol_output": call.text, "evolved": evolved,
+                    "response": response.text if response is not None else None,
+                    "error": (response.error if response is not None else None) or call.error,
+                }
+            conversation += [{"role": "user", "content": evolved},  # type: ignore[list-item]
+                             {"role": "assistant", "content": response.text}]  # type: ignore[union-attr]
+        row = self._row(seed, seed_index, round_number, method, conversation, originals, evol_calls, responses)
+        return row, None
+
+    async def seed_row(self, seed: dict[str, Any], seed_index: int
+                       ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """The seed arm: the seed as it is, or answered turn by turn where it has no answer (or when asked)."""
+        messages = seed["messages"]
+        answered = sum(m["role"] == "assistant" for m in messages) == len(_user_turns(messages))
+        if answered and not self.config.respond_seeds:
+            return self._row(seed, seed_index, 0, None, messages, [], [], []), None
+        conversation = _system(messages)
+        responses = []
+        for turn, instruction in enumerate(_user_turns(messages), start=1):
+            response = await self.respond(conversation, instruction)
+            responses.append(response)
+            if not response.ok:
+                return None, {"seed_id": seed["id"], "seed_index": seed_index, "round": 0, "turn": turn,
+                              "reason": "response_request_failed" if response.error.startswith("request_failed")
+                              else f"response_{response.error}",
+                              "instruction": instruction, "response": response.text, "error": response.error}
+            conversation += [{"role": "user", "content": instruction},
+                             {"role": "assistant", "content": response.text}]
+        return self._row(seed, seed_index, 0, None, conversation, [], [], responses), None
+
+    async def item(self, indexed: tuple[int, dict[str, Any]]) -> dict[str, Any]:
+        """One seed through every round: the record written to the parts store."""
+        seed_index, seed = indexed
+        rows, rejects = [], []
+        if not self.methods:
+            row, reject = await self.seed_row(seed, seed_index)
+            rows, rejects = [row] if row else [], [reject] if reject else []
+        else:
+            previous = seed["messages"]
+            for round_number in range(1, self.config.rounds + 1):
+                row, reject = await self.evolve_round(seed, seed_index, round_number, previous)
+                if reject is not None:
+                    rejects.append(reject)
+                    break
+                rows.append(row)
+                previous = row["messages"]  # type: ignore[index]
+        return {"seed_index": seed_index, "seed_id": seed["id"], "seed": seed["messages"], "rows": rows,
+                "rejects": rejects}
+
+
+def _roles(config: EvolveConfig) -> dict[str, RoleConfig]:
+    return {"evol": config.llm.evol, "responder": config.llm.responder or config.llm.evol}
+
+
+def _my_seeds(config: EvolveConfig, report: LoadReport, skip: set[int]) -> Iterator[tuple[int, dict[str, Any]]]:
+    for index, row in enumerate(iter_seed_rows(config.seeds, report)):
+        if index % config.num_shards == config.shard_index and index not in skip:
+            yield index, row
+
+
+def _count_my_seeds(config: EvolveConfig) -> tuple[int, LoadReport]:
+    """Read (and validate) every seed row once before any LLM call: a bad row at row 900,000 fails now,
+    not after hours of paid calls. Hub datasets are streamed, so they are not pre-read (no total)."""
+    report = LoadReport()
+    count = sum(1 for _ in _my_seeds(config, report, set()))
+    return count, report
+
+
+_EVOLUTION_KEYS = {"seeds", "domain", "method", "method_file", "rounds", "respond_seeds", "system_prompt",
+                   "failures", "seed", "shard_index", "num_shards"}
+_SAMPLING_KEYS = {"model", "temperature", "top_p", "max_tokens", "seed", "stop", "extra_body"}
+
+
+def _evolution_settings(config: EvolveConfig) -> dict[str, Any]:
+    """What the finished items in parts/ depend on (filters, output layout and concurrency may change freely
+    between attempts: the dataset is assembled again from the parts)."""
+    settings = config.model_dump(mode="json", include=_EVOLUTION_KEYS)
+    for role, role_config in _roles(config).items():
+        settings[f"llm.{role}"] = role_config.model_dump(mode="json", include=_SAMPLING_KEYS)
+    return settings
+
+
+def _check_resumable(parts: Path, config: EvolveConfig) -> None:
+    """Refuse to mix items of two different evolutions in one parts store."""
+    settings = _evolution_settings(config)
+    path = parts / "evolution.json"
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        changed = sorted(key for key in settings.keys() | previous.keys() if settings.get(key) != previous.get(key))
+        if changed:
+            raise InputError(f"{parts.parent}: holds items of a different evolution (changed: {', '.join(changed)});"
+                             " use another --output-dir, or delete its parts/ and calls.sqlite to start over")
+    else:
+        write_atomic(path, json.dumps(settings, indent=2) + "\n")
+
+
+async def evolve_shard(config: EvolveConfig, run_dir: RunDir) -> tuple[dict[str, Any], LoadReport]:
+    """The LLM phase of `run_evolve`: stream this shard's unfinished seeds through `ItemEvolver.item` into the
+    parts store; returns counts and LLM usage, and how the seed file read (malformed rows skipped)."""
+    parts = run_dir.path / "parts"
+    _check_resumable(parts, config)
+    done = completed_keys(parts)
+    total, report = _count_my_seeds(config) if config.seeds.is_local() else (None, LoadReport())
+    journal = Journal(run_dir.journal_path)
+    counts = {"items": 0, "rows": 0, "rejected": 0}
+    try:
+        async with LLMPool(_roles(config), journal) as pool:
+            evolver = ItemEvolver(config, pool["evol"], pool["responder"])
+            todo = _my_seeds(config, LoadReport() if total is not None else report, done)
+            remaining = None if total is None else total - len(done)
+            with PartWriter(parts, run_dir.manifest["attempts"], config.records_per_part) as writer, \
+                    Progress(remaining, "evolve", pool) as bar:
+                async for _, record in stream_map(todo, evolver.item, config.max_in_flight):
+                    writer.write(record)
+                    counts["items"] += 1
+                    counts["rows"] += len(record["rows"])
+                    counts["rejected"] += len(record["rejects"])
+                    bar.update(1, rows=counts["rows"], rejected=counts["rejected"])
+            usage = pool.usage()
+    finally:
+        journal.close()
+    return {"resumed_items": len(done), **counts, "llm_usage": usage}, report
+
+
+def _shard_summary_path(run_path: Path) -> Path:
+    return run_path / "shard.json"
+
+
+def _merge_sources(config: EvolveConfig) -> tuple[list[Path], dict[str, Any]]:
+    """Part directories of complete shard runs; InputError unless every shard 0..N-1 is there once."""
+    summaries = []
+    for directory in config.merge_from:
+        path = _shard_summary_path(Path(directory))
+        if not path.is_file():
+            raise InputError(f"merge_from: {directory}: no shard.json (the shard run has not finished)")
+        summaries.append(json.loads(path.read_text()))
+    shards = sorted(s["shard_index"] for s in summaries)
+    expected = summaries[0]["num_shards"]
+    if shards != list(range(expected)) or any(s["num_shards"] != expected for s in summaries):
+        raise InputError(f"merge_from: shards {shards} of {expected}: every shard 0..{expected - 1} is needed once")
+    return [Path(d) / "parts" for d in config.merge_from], summaries[0]["load_report"]
+
+
+def run_evolve(config: EvolveConfig, output_dir: Path) -> Path:
+    """Evolve (or, with merge_from, merge) and assemble; returns the dataset directory (or, for one shard of
+    several, the shard's run directory, to be merged)."""
+    output_dir = Path(output_dir)
+    build_methods(config)  # a missing method file fails before anything is written
+    assembling = config.num_shards == 1 or bool(config.merge_from)
+    decontaminator = Decontaminator(config.decontam) if assembling else None  # unreadable benchmarks fail now
+    run_dir = RunDir(output_dir, "evolve", config)
+    if config.merge_from:
+        part_dirs, load_report = _merge_sources(config)
+        usage: dict[str, Any] = {}
+    else:
+        summary, report = asyncio.run(evolve_shard(config, run_dir))
+        usage = summary.pop("llm_usage")
+        load_report = report.as_dict()
+        if config.num_shards > 1:
+            write_atomic(_shard_summary_path(run_dir.path), json.dumps(
+                {"shard_index": config.shard_index, "num_shards": config.num_shards, "load_report": load_report,
+                 **summary}, indent=2) + "\n")
+            run_dir.finish(llm_usage=usage, evolution=summary)
+            return run_dir.path
+        part_dirs = [run_dir.path / "parts"]
+    roles = _roles(config)
+    methods = sorted({m.name for m in build_methods(config)}) or ["none (seed data)"]
+    spec = AssemblySpec(
+        rounds=config.rounds, round_output=config.round_output, dedup=config.dedup, decontam=config.decontam,
+        rows_per_shard=config.rows_per_shard, diversity_rows=config.diversity_rows,
+        title=f"Evolved {config.domain} instructions ({config.method}, {config.rounds} round(s))",
+        facts={"seeds": config.seeds.path, "domain": config.domain, "method": ", ".join(methods),
+               "rounds": f"{config.rounds} ({config.round_output})", "evol model": roles["evol"].model,
+               "responder model": roles["responder"].model},
+        config_yaml=dump_config(config), load_report=load_report,
+    )
+    dataset_dir = run_dir.path / "dataset"
+    summary = assemble_dataset(part_dirs, dataset_dir, spec, decontaminator)
+    run_dir.finish(llm_usage=usage or None, dataset=str(dataset_dir), rows=summary["rows"],
+                   rejected=summary["rejected"])
+    return dataset_dir

@@ -1,0 +1,105 @@
+"""kill -9 at random moments, re-run the same `autoevol evolve` command: the final dataset is identical.
+
+The scripted server runs in this process (it outlives the kills, like a real vLLM server would) with a latency
+model, so the evolution takes a few seconds and the kills land mid-stream: during evolution (items in flight,
+part files half-written) or during assembly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from autoevol_train.llm.scripted_server import LatencyModel
+
+REPO = Path(__file__).resolve().parents[1]
+COMPARED = ("README.md", "rejects.jsonl", "contamination.jsonl", "stats.json")
+
+
+def rule(body: dict, index: int) -> str:
+    messages = body["messages"]
+    last = messages[-1]["content"]
+    if messages[0]["role"] == "system":
+        return "Sure, what exactly?" if "topic 7." in last else f"An answer to: {last}"
+    instruction = last.split("#Given Prompt#:\n", 1)[1].split("\n#", 1)[0]
+    return f"{instruction} Add detail {len(instruction) % 5}."
+
+
+def _command(config: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "autoevol_train.cli", "evolve", str(config), "--output-dir", str(out)]
+
+
+def _run(config: Path, out: Path) -> dict[str, float]:
+    """Run to completion; returns when the run's phases began (seconds from start): evolution (first part
+    file), assembly (the partial dataset directory) and the end."""
+    proc = subprocess.Popen(_command(config, out), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    start, phases = time.monotonic(), {}
+    while proc.poll() is None:
+        for phase, path in (("evolution", out / "parts"), ("assembly", out / "dataset.partial")):
+            if phase not in phases and path.exists():
+                phases[phase] = time.monotonic() - start
+        time.sleep(0.01)
+    assert proc.returncode == 0, proc.stderr.read().decode()[-2000:]
+    return {**phases, "end": time.monotonic() - start}
+
+
+def _kill_after(config: Path, out: Path, seconds: float) -> bool:
+    """Start the command, SIGKILL it after `seconds`; True when it was still running."""
+    proc = subprocess.Popen(_command(config, out), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        proc.wait(timeout=seconds)
+        return False
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return True
+
+
+def _outputs(dataset: Path) -> dict[str, bytes]:
+    files = {name: (dataset / name).read_bytes() for name in COMPARED}
+    files.update({f"data/{p.name}": p.read_bytes() for p in sorted((dataset / "data").iterdir())})
+    return files
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_then_resume_gives_identical_dataset(tmp_path, scripted_server):
+    server = scripted_server(rule, latency=LatencyModel(median_s=0.02, sigma=0.5, slots=4, seed=1),
+                             keep_bodies=False)
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps({"instruction": f"Write {i} tips for learning topic {i % 17}.",
+                                         "output": "ok"}) + "\n" for i in range(90)))
+    config = tmp_path / "evolve.yaml"
+    config.write_text(yaml.safe_dump({
+        "seeds": {"path": str(seeds)}, "domain": "chat", "method": "evol-instruct", "rounds": 2,
+        "max_in_flight": 12, "records_per_part": 7, "rows_per_shard": 40, "decontam": {"enabled": False},
+        "llm": {"evol": {"model": "scripted", "base_urls": [server.base_url], "max_concurrency": 8}},
+    }))
+    phases = _run(config, tmp_path / "reference")
+    assert phases["assembly"] - phases["evolution"] > 1.0  # time enough to land kills mid-stream
+    reference = _outputs(tmp_path / "reference" / "dataset")
+    rows = sum(1 for name in reference if name.startswith("data/"))
+    assert rows >= 2 and b"response_asks_back" in reference["rejects.jsonl"]
+
+    rng = random.Random(1234)
+    killed = resumed_mid_stream = 0
+    for trial in range(3):
+        out = tmp_path / f"trial{trial}"
+        # first kill while items are in flight, the second anywhere (start-up, evolution, assembly)
+        killed += _kill_after(config, out, rng.uniform(phases["evolution"] + 0.2, phases["assembly"] - 0.2))
+        killed += _kill_after(config, out, rng.uniform(0.1, 1.0) * phases["end"])
+        _run(config, out)
+        writers = {p.name.split("-")[1] for p in (out / "parts").glob("part-*.jsonl") if p.stat().st_size}
+        resumed_mid_stream += len(writers) >= 2  # items finished by a killed attempt and by the last one
+        assert _outputs(out / "dataset") == reference, f"trial {trial} differs from the uninterrupted run"
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["status"] == "completed" and manifest["attempts"] >= 2
+    assert killed >= 3 and resumed_mid_stream >= 1  # the kills really interrupted runs mid-stream
