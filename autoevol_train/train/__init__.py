@@ -1,0 +1,1 @@
+"""Fine-tuning: SFT recipes → TRL SFTTrainer (+ DeepSpeed ZeRO-3 through accelerate)."""
