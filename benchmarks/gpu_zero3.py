@@ -31,9 +31,10 @@ REPO = Path(__file__).resolve().parents[1]
 SHAPES = {  # hidden, intermediate, layers, heads, kv heads, vocab
     "tiny": (64, 128, 2, 2, 1, 1024),
     "1b": (2048, 5632, 22, 32, 4, 32000),     # TinyLlama-1.1B
+    "3b": (3072, 8192, 28, 24, 8, 128256),    # Llama-3.2-3B
     "7b": (4096, 11008, 32, 32, 32, 32000),   # Llama-2-7B
 }
-ACCELERATE_CONFIGS = {"tiny": "deepspeed_zero3.yaml", "1b": "deepspeed_zero3.yaml",
+ACCELERATE_CONFIGS = {"tiny": "deepspeed_zero3.yaml", "1b": "deepspeed_zero3.yaml", "3b": "deepspeed_zero3.yaml",
                       "7b": "deepspeed_zero3_offload.yaml"}  # 7B: fp32 master + Adam (~84 GB) exceed one GPU
 
 
@@ -54,7 +55,7 @@ def worker(args: argparse.Namespace) -> None:
     cpu = args.size == "tiny"
     training_args = TrainingArguments(  # built before the model: it turns on ZeRO-3 init (partitioned weights)
         output_dir=args.workdir, per_device_train_batch_size=args.batch, max_steps=args.steps, learning_rate=1e-5,
-        bf16=not cpu, use_cpu=cpu, gradient_checkpointing=True, logging_steps=1, save_strategy="no",
+        bf16=not cpu, use_cpu=cpu, gradient_checkpointing=args.checkpointing, logging_steps=1, save_strategy="no",
         report_to="none", dataloader_num_workers=2 if not cpu else 0, seed=0)
     config = LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
                          num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=vocab,
@@ -104,12 +105,14 @@ def worker(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", default="1b", help="comma-separated: 1b, 7b")
+    parser.add_argument("--sizes", default="1b", help="comma-separated: 1b, 3b, 7b")
     parser.add_argument("--tiny", action="store_true", help="a tiny model on CPU (smoke test)")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--batch", type=int, default=4, help="sequences per GPU per step")
     parser.add_argument("--seq-len", type=int, default=2048)
+    parser.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=True,
+                        help="gradient checkpointing (recomputation is not counted in MFU)")
     parser.add_argument("--peak-flops", type=float, default=989e12)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -135,6 +138,7 @@ def main() -> None:
                        "--num_processes", "1", str(Path(__file__).resolve()), "--worker", "--size", size,
                        "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch),
                        "--seq-len", str(args.seq_len), "--peak-flops", str(args.peak_flops),
+                       "--checkpointing" if args.checkpointing else "--no-checkpointing",
                        "--result", str(result_path), "--workdir", str(Path(tmp) / size)]
             print("+", " ".join(command[2:]), file=sys.stderr, flush=True)
             code = subprocess.run(command, cwd=REPO, env=env).returncode
@@ -143,7 +147,8 @@ def main() -> None:
                 continue
             results.append(json.loads(result_path.read_text()))
 
-    print(f"\nZeRO-3, 1 process, bf16={'no (CPU)' if args.tiny else 'yes'}, gradient checkpointing, "
+    print(f"\nZeRO-3, 1 process, bf16={'no (CPU)' if args.tiny else 'yes'}, "
+          f"gradient checkpointing {'on' if args.checkpointing else 'off'}, "
           f"batch {args.batch} x {args.seq_len} tokens, {args.steps} steps ({args.warmup} untimed)")
     print(f"{'size':>5} {'params':>8} {'tokens/s':>10} {'MFU':>7} {'peak GiB':>9} {'loss':>15}  device")
     for r in results:
