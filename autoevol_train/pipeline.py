@@ -1,0 +1,228 @@
+"""`autoevol run`: optimize → evolve → train → eval for each arm, cached and resumable, then the report.
+
+One pipeline runs the paper's comparison: the seed data, Evol-Instruct (human-designed methods) and Auto
+Evol-Instruct (the optimised method) arms are each evolved, trained and evaluated, and the report puts them
+side by side. Each stage runs in its own directory with a fingerprint of its resolved config and of the
+stages it depends on. A stage whose fingerprint is unchanged and that completed is not run again; a changed
+stage runs again (from a clean directory, keeping its call journal, so identical LLM calls are still free),
+and so does everything downstream of it. A killed pipeline re-run with the same command resumes at the stage
+it was in, and inside it at the call (journal) or checkpoint (training) where it stopped.
+
+    <output_dir>/tiny-model/ (quickstart)   optimize/   <arm>/{evolve,train,eval}/   report.html
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, model_validator
+
+from autoevol_train.config import InputError, StrictModel
+from autoevol_train.eval.run import EvalConfig, run_eval
+from autoevol_train.evol.evolve import EvolveConfig, run_evolve
+from autoevol_train.evol.optimize import OptimizeConfig, run_optimize
+from autoevol_train.rundir import RunDir, write_atomic
+
+ArmMethod = Literal["none", "evol-instruct", "initial", "weak", "optimized"]
+
+
+class ArmConfig(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="directory name of the arm")
+    method: ArmMethod = Field(description="none: the seed data; evol-instruct: the human-designed methods; "
+                              "initial / weak: an unoptimised method; optimized: optimize's best method")
+
+
+class TinyModelConfig(StrictModel):
+    """Build a tiny random model first (the CPU quickstart: no download, no GPU)."""
+
+    path: str = Field(description="where to build it; roles refer to the same path")
+    arch: Literal["llama", "mistral"] = "llama"
+
+
+class TrainStageConfig(StrictModel):
+    recipe: str = Field(description="SFT recipe (TrlParser YAML); the pipeline sets the dataset and output_dir")
+    overrides: dict[str, Any] = Field({}, description="recipe keys to replace for every arm")
+    accelerate: bool = Field(True, description="launch with `accelerate launch` and the recipe's accelerate "
+                             "config; false: one plain process (CPU quickstart)")
+
+
+DEFAULT_ARMS = [ArmConfig(name="seed", method="none"), ArmConfig(name="evol-instruct", method="evol-instruct"),
+                ArmConfig(name="auto-evol", method="optimized")]
+
+
+class PipelineConfig(StrictModel):
+    tiny_model: TinyModelConfig | None = None
+    arms: list[ArmConfig] = Field(default_factory=lambda: list(DEFAULT_ARMS), min_length=1)
+    optimize: OptimizeConfig | None = Field(None, description="needed when an arm uses method 'optimized'")
+    evolve: EvolveConfig = Field(description="shared by every arm; the arm sets method / method_file")
+    train: TrainStageConfig | None = None
+    eval: EvalConfig | None = Field(None, description="the pipeline sets model.model to each arm's trained model")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _arms_choose_the_method(cls, data: Any) -> Any:
+        """Each arm sets the evolve method; the shared section need not name one."""
+        if isinstance(data, dict) and isinstance(data.get("evolve"), dict):
+            data["evolve"] = {"method": "none", **data["evolve"]}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> "PipelineConfig":
+        names = [arm.name for arm in self.arms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"arm names must be unique, got {names}")
+        if any(arm.method == "optimized" for arm in self.arms) and self.optimize is None:
+            raise ValueError("an arm uses method 'optimized' but there is no optimize section")
+        if self.eval is not None and self.train is None:
+            raise ValueError("eval evaluates each arm's trained model: it needs a train section")
+        return self
+
+
+def _file_text(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+
+
+def _fingerprint(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Stage:
+    """One stage directory with its `.stage.json` record: fingerprint, status, wall time."""
+
+    def __init__(self, path: Path, name: str, fingerprint: str):
+        self.path, self.name, self.fingerprint = path, name, fingerprint
+        self._record_path = path / ".stage.json"
+
+    def record(self) -> dict[str, Any]:
+        try:
+            return json.loads(self._record_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    def run(self, work: Callable[[], Any], log: Callable[[str], None]) -> bool:
+        """Run `work` unless this exact stage already completed; returns whether it ran."""
+        previous = self.record()
+        if previous.get("fingerprint") == self.fingerprint and previous.get("status") == "completed":
+            log(f"[cached]  {self.name}")
+            return False
+        if previous and previous.get("fingerprint") != self.fingerprint:
+            self._clear_keeping_journal()
+        log(f"[resume]  {self.name}" if previous.get("status") == "running" else f"[run]     {self.name}")
+        started = time.monotonic()
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_atomic(self._record_path, json.dumps({"fingerprint": self.fingerprint, "status": "running"}))
+        work()
+        wall = time.monotonic() - started + previous.get("wall_s", 0.0) * (previous.get("status") == "running")
+        write_atomic(self._record_path, json.dumps(
+            {"fingerprint": self.fingerprint, "status": "completed", "wall_s": round(wall, 2),
+             "completed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+        return True
+
+    def _clear_keeping_journal(self) -> None:
+        """A changed stage starts clean, but identical LLM calls are still answered by its journal."""
+        if not self.path.is_dir():
+            return
+        for child in self.path.iterdir():
+            if child.name.startswith("calls.sqlite"):
+                continue
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+def _dataset_rows(dataset_dir: Path) -> int:
+    stats = json.loads((dataset_dir / "stats.json").read_text())
+    return sum(stats["rows"].values())
+
+
+def _arm_evolve_config(config: PipelineConfig, arm: ArmConfig, best_method: Path | None) -> EvolveConfig:
+    if arm.method == "optimized":
+        assert best_method is not None
+        return config.evolve.model_copy(update={"method": "file", "method_file": str(best_method)})
+    return config.evolve.model_copy(update={"method": arm.method, "method_file": None})
+
+
+def _write_train_recipe(config: TrainStageConfig, dataset_dir: Path, stage_dir: Path) -> Path:
+    """The arm's SFT recipe: the pipeline's recipe with this arm's dataset and output directory."""
+    recipe = yaml.safe_load(_file_text(config.recipe)) or {}
+    recipe.update(config.overrides)
+    recipe.update({"dataset_name": str(dataset_dir), "output_dir": str(stage_dir / "model")})
+    path = stage_dir / "recipe.yaml"
+    write_atomic(path, yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def _train(config: TrainStageConfig, recipe: Path) -> None:
+    from autoevol_train.train.launch import launch_training, run_single_process
+
+    code = launch_training(recipe, []) if config.accelerate else run_single_process(recipe, [])
+    if code != 0:
+        raise RuntimeError(f"training failed with exit code {code} (recipe {recipe}); re-run to resume from "
+                           "the last checkpoint")
+
+
+def run_pipeline(config: PipelineConfig, output_dir: Path) -> Path:
+    """Run every stage of every arm (skipping cached ones) and write the report; returns its path."""
+    from autoevol_train.report import build_report
+
+    output_dir = Path(output_dir)
+    run_dir = RunDir(output_dir, "run", config)
+    log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+    ran: dict[str, bool] = {}
+
+    if config.tiny_model is not None:
+        from autoevol_train.tiny_model import build_tiny_model
+        build_tiny_model(config.tiny_model.path, arch=config.tiny_model.arch)
+
+    best_method: Path | None = None
+    optimize_fp = None
+    if config.optimize is not None and any(arm.method == "optimized" for arm in config.arms):
+        optimize_fp = _fingerprint("optimize", config.optimize.model_dump(mode="json"))
+        stage = Stage(output_dir / "optimize", "optimize", optimize_fp)
+        ran["optimize"] = stage.run(lambda: run_optimize(config.optimize, stage.path), log)
+        best_method = stage.path / "best_method.txt"
+
+    for arm in config.arms:
+        evolve_config = _arm_evolve_config(config, arm, best_method)
+        evolve_fp = _fingerprint("evolve", evolve_config.model_dump(mode="json"),
+                                 optimize_fp if arm.method == "optimized" else None)
+        evolve = Stage(output_dir / arm.name / "evolve", f"{arm.name}/evolve", evolve_fp)
+        ran[evolve.name] = evolve.run(lambda: run_evolve(evolve_config, evolve.path), log)
+        if config.train is None:
+            continue
+        if _dataset_rows(evolve.path / "dataset") == 0:
+            # Every evolution failed (e.g. a tiny random model never writes the method's labels): nothing to
+            # train on. The report shows the arm's rejects by reason instead of a model.
+            log(f"[skip]    {arm.name}/train, {arm.name}/eval: the evolved dataset has no rows "
+                f"(see {evolve.path / 'dataset' / 'rejects.jsonl'})")
+            continue
+        train_fp = _fingerprint("train", config.train.model_dump(mode="json"), _file_text(config.train.recipe),
+                                evolve_fp)
+        train = Stage(output_dir / arm.name / "train", f"{arm.name}/train", train_fp)
+
+        def train_work() -> None:
+            _train(config.train, _write_train_recipe(config.train, evolve.path / "dataset", train.path))
+
+        ran[train.name] = train.run(train_work, log)
+        if config.eval is None:
+            continue
+        model_dir = train.path / "model"
+        eval_config = config.eval.model_copy(update={"model": config.eval.model.model_copy(
+            update={"model": str(model_dir)})})
+        eval_fp = _fingerprint("eval", eval_config.model_dump(mode="json"), train_fp)
+        evaluation = Stage(output_dir / arm.name / "eval", f"{arm.name}/eval", eval_fp)
+        ran[evaluation.name] = evaluation.run(lambda: run_eval(eval_config, evaluation.path), log)
+
+    report = build_report(output_dir, config)
+    run_dir.finish(stages_run=ran, report=str(report))
+    log(f"report: {report}")
+    return report

@@ -1,0 +1,223 @@
+"""One HTML page for a pipeline run: optimisation, data, training, evaluation per arm, cost.
+
+Built only from the files the stages leave in the run directory (so it can be rebuilt at any time, and a
+stage that did not run simply has no section). Images sit next to the page and are linked relatively; the
+page marks itself `data-images-ok="true"` once every image has loaded, which the test checks in a real
+headless browser.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from autoevol_train.rundir import write_atomic
+
+if TYPE_CHECKING:
+    from autoevol_train.pipeline import PipelineConfig
+
+# The paper's Table 2 (small models), for orientation next to the run's own numbers.
+PAPER_TABLE2 = {
+    "seed data": {"MT-Bench": 6.88, "AlpacaEval": 84.08, "GSM8K": 56.90, "HumanEval": 57.90},
+    "Evol-Instruct": {"MT-Bench": 6.80, "AlpacaEval": 86.67, "GSM8K": 63.15, "HumanEval": 61.59},
+    "Auto Evol-Instruct": {"MT-Bench": 7.51, "AlpacaEval": 84.41, "GSM8K": 70.74, "HumanEval": 65.85},
+}
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }
+table { border-collapse: collapse; margin: 0.8rem 0; } td, th { border: 1px solid #ccc; padding: 4px 8px; }
+th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+pre { background: #f7f7f7; padding: 0.8rem; white-space: pre-wrap; max-height: 24rem; overflow: auto; }
+img { max-width: 100%; border: 1px solid #ddd; } .note { color: #666; font-size: 0.9rem; }
+"""
+
+_IMAGES_CHECK = """
+<script>
+window.addEventListener("load", () => {
+  const images = Array.from(document.images);
+  const ok = images.every(img => img.complete && img.naturalWidth > 0);
+  document.body.setAttribute("data-images-ok", String(ok));
+  document.body.setAttribute("data-images", String(images.length));
+});
+</script>
+"""
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f'<td class="num">{value:.4g}</td>'
+        if isinstance(value, int):
+            return f'<td class="num">{value}</td>'
+        return f"<td>{html.escape(str(value))}</td>"
+
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(cell(v) for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _image(output_dir: Path, path: Path, alt: str) -> str:
+    if not path.is_file():
+        return ""
+    return f'<p><img src="{html.escape(str(path.relative_to(output_dir)))}" alt="{html.escape(alt)}"></p>'
+
+
+def _loss_history(train_dir: Path) -> list[tuple[int, float]]:
+    state = _read_json(train_dir / "model" / "trainer_state.json")
+    if not state:
+        return []
+    return [(entry["step"], entry["loss"]) for entry in state.get("log_history", []) if "loss" in entry]
+
+
+def _plot_losses(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for arm, points in curves.items():
+        ax.plot([s for s, _ in points], [loss for _, loss in points], marker=".", label=arm)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title("SFT loss per arm")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _headline_metrics(results: dict[str, Any]) -> dict[str, float]:
+    """Flatten results.json to 'benchmark metric' → number (the metrics each benchmark reports)."""
+    flat: dict[str, float] = {}
+    for benchmark, block in results.get("benchmarks", {}).items():
+        for metric, value in block.get("metrics", {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                flat[f"{benchmark} {metric}"] = float(value)
+    return flat
+
+
+def _usage_rows(output_dir: Path, stage_dirs: list[tuple[str, Path]]) -> list[list[Any]]:
+    rows = []
+    for name, path in stage_dirs:
+        record = _read_json(path / ".stage.json") or {}
+        manifest = _read_json(path / "manifest.json") or {}
+        usage = manifest.get("llm_usage") or {}
+        requests = sum(role.get("requests", 0) for role in usage.values())
+        tokens = sum(role.get("prompt_tokens", 0) + role.get("completion_tokens", 0) for role in usage.values())
+        rows.append([name, record.get("status", "not run"), float(record.get("wall_s", 0.0)), requests, tokens])
+    return rows
+
+
+def build_report(output_dir: Path, config: PipelineConfig) -> Path:
+    """Write `report.html` (+ PNGs) into the pipeline's run directory; returns its path."""
+    output_dir = Path(output_dir)
+    blocks: list[str] = [f"<h1>autoevol-train report: {html.escape(output_dir.name)}</h1>"]
+    tiny = config.tiny_model is not None
+    if tiny:
+        blocks.append('<p class="note"><b>Tiny random model:</b> the text it produces is meaningless. This run '
+                      "proves that every stage works end to end; point the recipe's roles at vLLM servers and "
+                      "real models for real numbers.</p>")
+
+    stage_dirs: list[tuple[str, Path]] = []
+    if (output_dir / "optimize").is_dir():
+        stage_dirs.append(("optimize", output_dir / "optimize"))
+    for arm in config.arms:
+        for stage in ("evolve", "train", "eval"):
+            if (output_dir / arm.name / stage).is_dir():
+                stage_dirs.append((f"{arm.name}/{stage}", output_dir / arm.name / stage))
+
+    # Arms side by side.
+    arm_rows, metric_names = [], []
+    per_arm_metrics = {}
+    for arm in config.arms:
+        results = _read_json(output_dir / arm.name / "eval" / "results.json") or {}
+        per_arm_metrics[arm.name] = _headline_metrics(results)
+        metric_names += [m for m in per_arm_metrics[arm.name] if m not in metric_names]
+    for arm in config.arms:
+        stats = _read_json(output_dir / arm.name / "evolve" / "dataset" / "stats.json") or {}
+        losses = _loss_history(output_dir / arm.name / "train")
+        rows = sum(stats.get("rows", {}).values()) if stats else "-"
+        arm_rows.append([arm.name, arm.method, rows, stats.get("rejected", "-") if stats else "-",
+                         losses[-1][1] if losses else "-"]
+                        + [per_arm_metrics[arm.name].get(m, "-") for m in metric_names])
+    blocks.append("<h2>Arms</h2>")
+    blocks.append(_table(["arm", "method", "rows", "rejected", "final train loss"] + metric_names, arm_rows))
+    blocks.append("<p class='note'>The paper's Table 2 (small models), for orientation:</p>")
+    blocks.append(_table(["arm", "MT-Bench", "AlpacaEval", "GSM8K", "HumanEval"],
+                         [[name] + list(values.values()) for name, values in PAPER_TABLE2.items()]))
+
+    # Optimisation.
+    optimize_dir = output_dir / "optimize"
+    history = _read_jsonl(optimize_dir / "history.jsonl")
+    if history:
+        blocks.append("<h2>Method optimisation</h2>")
+        blocks.append(_image(output_dir, optimize_dir / "lambda.png", "failure rate per step"))
+        winners = [[h["step"], h["name"], h["method_id"] or "-", h["lambda"] if h["lambda"] is not None else "-"]
+                   for h in history if h.get("selected")]
+        blocks.append(_table(["step", "winner", "method id", "λ (dev failure rate)"], winners)
+                      if winners else "<p>No candidate beat the initial method.</p>")
+        best = optimize_dir / "best_method.txt"
+        if best.is_file():
+            blocks.append(f"<h3>Best method</h3><pre>{html.escape(best.read_text())}</pre>")
+        if (optimize_dir / "report.html").is_file():
+            blocks.append('<p><a href="optimize/report.html">Full optimisation report</a> (per-step diffs, '
+                          "failed and successful evolutions)</p>")
+
+    # Data.
+    data_blocks = []
+    for arm in config.arms:
+        dataset = output_dir / arm.name / "evolve" / "dataset"
+        stats = _read_json(dataset / "stats.json")
+        if not stats:
+            continue
+        reasons = ", ".join(f"{k}: {v}" for k, v in stats.get("rejected_by_reason", {}).items()) or "none"
+        data_blocks.append(f"<h3>{html.escape(arm.name)}</h3><p>{stats.get('seeds', '?')} seeds → "
+                           f"{sum(stats.get('rows', {}).values())} rows; rejected by reason: "
+                           f"{html.escape(reasons)}. <a href='{arm.name}/evolve/dataset/README.md'>Data card</a></p>")
+        data_blocks.append(_image(output_dir, dataset / "stats.png", f"{arm.name} statistics"))
+    if data_blocks:
+        blocks += ["<h2>Data</h2>"] + data_blocks
+
+    # Training.
+    curves = {arm.name: _loss_history(output_dir / arm.name / "train") for arm in config.arms}
+    curves = {arm: points for arm, points in curves.items() if points}
+    if curves:
+        _plot_losses(curves, output_dir / "loss.png")
+        blocks += ["<h2>Training</h2>", _image(output_dir, output_dir / "loss.png", "training loss")]
+
+    # Evaluation details.
+    eval_blocks = []
+    for arm in config.arms:
+        table = output_dir / arm.name / "eval" / "results.md"
+        if table.is_file():
+            eval_blocks.append(f"<h3>{html.escape(arm.name)}</h3><pre>{html.escape(table.read_text())}</pre>")
+    if eval_blocks:
+        blocks += ["<h2>Evaluation protocol and results</h2>"] + eval_blocks
+
+    # Cost.
+    usage = _usage_rows(output_dir, stage_dirs)
+    if usage:
+        blocks += ["<h2>Wall time and LLM usage per stage</h2>",
+                   _table(["stage", "status", "wall (s)", "LLM requests", "tokens"], usage)]
+
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>autoevol-train report</title>"
+            f"<style>{_STYLE}</style></head><body>{''.join(blocks)}{_IMAGES_CHECK}</body></html>")
+    path = output_dir / "report.html"
+    write_atomic(path, page)
+    return path
