@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,7 +62,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     def cell(value: Any) -> str:
         if isinstance(value, float):
-            return f'<td class="num">{value:.4g}</td>'
+            return f'<td class="num">{"n/a" if math.isnan(value) else f"{value:.4g}"}</td>'
         if isinstance(value, int):
             return f'<td class="num">{value}</td>'
         return f"<td>{html.escape(str(value))}</td>"
@@ -102,11 +103,16 @@ def _plot_losses(curves: dict[str, list[tuple[int, float]]], path: Path) -> None
     plt.close(fig)
 
 
+_COUNTS = ("n", "samples", "failed_requests", "no_verdict", "ties", "unparsed_judgements")
+
+
 def _headline_metrics(results: dict[str, Any]) -> dict[str, float]:
-    """Flatten results.json to 'benchmark metric' → number (the metrics each benchmark reports)."""
+    """'benchmark metric' → score, for the arms table (counts and per-order details stay in results.md)."""
     flat: dict[str, float] = {}
     for benchmark, block in results.get("benchmarks", {}).items():
         for metric, value in block.get("metrics", {}).items():
+            if metric in _COUNTS or "model_first" in metric or "model_second" in metric:
+                continue
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 flat[f"{benchmark} {metric}"] = float(value)
     return flat

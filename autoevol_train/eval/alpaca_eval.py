@@ -1,0 +1,124 @@
+"""AlpacaEval-style pairwise evaluation: an LLM judge compares the model's answer with a baseline's answer.
+
+Every instruction is judged twice, the model's answer first (as A) and second (as B), to cancel the judge's
+position bias. A verdict for the model counts 1, a tie ([[C]]) 0.5, a verdict for the baseline 0; a judgement
+without a verdict is left out (and counted). The win rate is the mean over all valid judgements, in %.
+
+The judge prompt is ours (`prompts/alpaca_pairwise_*.txt`), or any file with {instruction}, {output_a} and
+{output_b} slots. AlpacaEval 2's length-controlled win rate is a fitted GLM: it is computed by the optional
+`alpaca-eval` package when that is installed (``pip install alpaca-eval``; it is not a dependency) from the
+same judgements, in its own preference convention (1 baseline, 2 model, 1.5 tie). Its GLM is meant for
+AlpacaEval's own 805 instructions; on other sets the package may refuse, and the reason is recorded. The run
+also writes `alpaca_eval_outputs.json` in AlpacaEval's format for its official annotators.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, PositiveInt
+
+from autoevol_train.config import InputError, StrictModel
+from autoevol_train.eval import load_prompt
+
+__all__ = ["AlpacaEvalConfig", "load_rows", "judge_messages", "parse_verdict", "score", "length_controlled"]
+
+_VERDICT = re.compile(r"\[\[([ABC])\]\]")
+
+
+class AlpacaEvalConfig(StrictModel):
+    """Instructions with a baseline's answers. Default: AlpacaEval's 805 with text-davinci-003's answers."""
+
+    baseline: str = Field("tatsu-lab/alpaca_eval", description="a local .json/.jsonl of {instruction, output} "
+                          "rows (AlpacaEval's format) or a hub dataset repository")
+    hub_config: str = Field("alpaca_eval", description="the repository's <name>.json: alpaca_eval (AlpacaEval 1, "
+                            "text-davinci-003's answers) or alpaca_eval_gpt4_baseline (AlpacaEval 2)")
+    system_prompt_file: str | None = Field(None, description="default: prompts/alpaca_pairwise_system.txt")
+    prompt_file: str | None = Field(None, description="{instruction} {output_a} {output_b}; default: "
+                                    "prompts/alpaca_pairwise_user.txt")
+    limit: PositiveInt | None = Field(None, description="the first N instructions only")
+    max_tokens: PositiveInt = 2048
+    judge_max_tokens: PositiveInt = 1024
+
+
+def load_rows(config: AlpacaEvalConfig) -> list[dict[str, Any]]:
+    path = Path(config.baseline)
+    if path.suffix in (".json", ".jsonl") or path.exists():
+        if not path.is_file():
+            raise InputError(f"{path}: no such baseline file")
+    else:  # AlpacaEval's hub repository holds one JSON file per baseline (its loading script is not needed)
+        from huggingface_hub import hf_hub_download
+        path = Path(hf_hub_download(config.baseline, f"{config.hub_config}.json", repo_type="dataset"))
+    text = path.read_text(encoding="utf-8")
+    try:
+        rows = json.loads(text) if path.suffix == ".json" else [json.loads(l) for l in text.splitlines() if l.strip()]
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    if not isinstance(rows, list):
+        raise InputError(f"{path}: expected a list of {{instruction, output}} rows")
+    for number, row in enumerate(rows, start=1):
+        for field in ("instruction", "output"):
+            if not isinstance(row, dict) or not isinstance(row.get(field), str):
+                raise InputError(f"{config.baseline}:row {number}: field {field!r}: expected a string")
+    return rows[: config.limit]
+
+
+def judge_messages(config: AlpacaEvalConfig, instruction: str, output_a: str, output_b: str
+                   ) -> list[dict[str, str]]:
+    system = (Path(config.system_prompt_file).read_text() if config.system_prompt_file
+              else load_prompt("alpaca_pairwise_system.txt"))
+    user = Path(config.prompt_file).read_text() if config.prompt_file else load_prompt("alpaca_pairwise_user.txt")
+    filled = user.replace("{instruction}", instruction).replace("{output_a}", output_a).replace(
+        "{output_b}", output_b)
+    return [{"role": "system", "content": system.strip()}, {"role": "user", "content": filled.strip()}]
+
+
+def parse_verdict(judgement: str) -> str | None:
+    """'A', 'B', 'C' (tie) — the last [[X]] in the judgement (its conclusion) — or None."""
+    found = _VERDICT.findall(judgement)
+    return found[-1] if found else None
+
+
+def model_score(verdict: str | None, model_position: str) -> float | None:
+    """1 if the verdict is for the model, 0.5 for a tie, 0 for the baseline, None without a verdict."""
+    if verdict is None:
+        return None
+    if verdict == "C":
+        return 0.5
+    return 1.0 if verdict == model_position else 0.0
+
+
+def score(records: list[dict[str, Any]]) -> dict[str, Any]:
+    values = [v for r in records for v in (r["score_model_first"], r["score_model_second"]) if v is not None]
+    first = [r["score_model_first"] for r in records if r["score_model_first"] is not None]
+    second = [r["score_model_second"] for r in records if r["score_model_second"] is not None]
+
+    def rate(xs: list[float]) -> float:
+        return 100 * sum(xs) / len(xs) if xs else float("nan")
+
+    return {"win_rate": rate(values), "win_rate_model_first": rate(first), "win_rate_model_second": rate(second),
+            "ties": sum(v == 0.5 for v in values), "no_verdict": 2 * len(records) - len(values),
+            "n": len(records)}
+
+
+def length_controlled(records: list[dict[str, Any]], model_name: str, judge_name: str) -> dict[str, Any]:
+    """AlpacaEval 2's length-controlled win rate through the `alpaca-eval` package, when it is installed."""
+    try:
+        from alpaca_eval.metrics import get_length_controlled_winrate
+    except ImportError:
+        return {"length_controlled_win_rate": None, "note": "alpaca-eval is not installed"}
+    annotations = []
+    for index, r in enumerate(records):
+        for key in ("score_model_first", "score_model_second"):
+            if r[key] is not None:
+                annotations.append({"index": index, "instruction": r["instruction"], "output_1": r["baseline"],
+                                    "output_2": r["output"], "generator_1": "baseline", "generator_2": model_name,
+                                    "annotator": judge_name, "preference": 1.0 + r[key]})
+    try:
+        metrics = get_length_controlled_winrate(annotations, save_weights_dir=None)
+    except Exception as exc:  # noqa: BLE001 - the package's GLM may refuse an instruction set; say why
+        return {"length_controlled_win_rate": None, "note": f"alpaca-eval: {type(exc).__name__}: {exc}"[:300]}
+    return {"length_controlled_win_rate": float(metrics["length_controlled_winrate"]), "note": "alpaca-eval"}

@@ -1,0 +1,130 @@
+"""GSM8K: the paper's zero-shot chat protocol, or lm-eval's 8-shot chain-of-thought, with both reference filters.
+
+Prompts go through the model's own chat template. ``zero-shot`` asks the question with a short instruction
+to end on "The answer is: N" (`prompts/gsm8k_zero_shot.txt`; the paper's math responses end that way);
+``8-shot-cot`` gives the eight chain-of-thought exemplars lm-eval's ``gsm8k_cot`` uses as earlier chat turns
+("Q: ...\\nA:" / the worked answer), as lm-eval does with ``--apply_chat_template --fewshot_as_multiturn``.
+
+Two extractions, both reported (chat models score very differently under them):
+- strict: the first number after ``#### `` (GSM8K's own format), "The answer is " (lm-eval's CoT strict-match)
+  or "The answer is: " (the paper's trained format). lm-eval's CoT pattern ends with a "." that must match one
+  more character, so at the end of a line or of the text it drops the answer's last digit ("The answer is
+  18\\n" gives "1"); we take the whole number there (the parity test lists these cases).
+- flexible: lm-eval's flexible-extract, the last match of ``(-?[$0-9.,]{2,})|(-?[0-9]+)``.
+Both the extraction and the reference (the text after "#### ") are normalised as lm-eval's exact_match
+does: commas, "$" and a trailing "." removed, lower-cased; then compared as strings.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, PositiveInt
+
+from autoevol_train.config import InputError, StrictModel
+from autoevol_train.eval import load_prompt
+
+__all__ = ["GSM8KConfig", "extract_strict", "extract_flexible", "normalise", "build_messages", "load_rows",
+           "score", "HEADLINE"]
+
+STRICT = re.compile(r"(?:#### |The answer is:? )(\-?[0-9\.\,]+)")
+FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
+_IGNORE = [re.compile(","), re.compile(r"\$"), re.compile(r"(?s).*#### "), re.compile(r"\.$")]
+INVALID = "[invalid]"  # lm-eval's fallback when a filter finds nothing (never equal to a reference)
+HEADLINE = "strict"
+
+
+class GSM8KConfig(StrictModel):
+    """GSM8K test set (1,319 problems); paper protocol: zero-shot chat, greedy."""
+
+    path: str = Field("openai/gsm8k", description="test set: a local .jsonl with question/answer, or a hub "
+                      "dataset name (config 'main', split 'test')")
+    protocol: Literal["zero-shot", "8-shot-cot"] = Field(
+        "zero-shot", description="zero-shot: the question + an instruction to end with 'The answer is: N' "
+        "(paper); 8-shot-cot: lm-eval gsm8k_cot's exemplars as earlier chat turns")
+    prompt_file: str | None = Field(None, description="zero-shot prompt with a {question} slot; default: "
+                                    "prompts/gsm8k_zero_shot.txt")
+    limit: PositiveInt | None = Field(None, description="the first N problems only (default: all)")
+    max_tokens: PositiveInt = 1024
+    stop: list[str] = Field([], description="extra stop strings; 8-shot-cot adds lm-eval's 'Q:'")
+
+
+def normalise(text: str) -> str:
+    """lm-eval's exact_match normalisation for GSM8K (regexes_to_ignore, then ignore_case)."""
+    for pattern in _IGNORE:
+        text = pattern.sub("", text)
+    return text.strip().lower()
+
+
+def extract_strict(text: str) -> str:
+    match = STRICT.search(text)
+    return match.group(1).strip() if match else INVALID
+
+
+def extract_flexible(text: str) -> str:
+    matches = FLEXIBLE.findall(text)
+    if not matches:
+        return INVALID
+    return next(group for group in matches[-1] if group).strip()
+
+
+def reference_answer(answer: str) -> str:
+    return normalise(answer.split("####")[-1])
+
+
+def build_messages(question: str, config: GSM8KConfig) -> list[dict[str, str]]:
+    if config.protocol == "8-shot-cot":
+        messages = []
+        for line in load_prompt("gsm8k_cot_exemplars.jsonl").splitlines():
+            shot = json.loads(line)
+            messages += [{"role": "user", "content": f"Q: {shot['question']}\nA:"},
+                         {"role": "assistant", "content": shot["target"]}]
+        return messages + [{"role": "user", "content": f"Q: {question}\nA:"}]
+    template = Path(config.prompt_file).read_text() if config.prompt_file else load_prompt("gsm8k_zero_shot.txt")
+    return [{"role": "user", "content": template.replace("{question}", question).strip()}]
+
+
+def stop_strings(config: GSM8KConfig) -> list[str]:
+    return config.stop + (["Q:"] if config.protocol == "8-shot-cot" else [])
+
+
+def load_rows(path: str, limit: int | None = None) -> list[dict[str, Any]]:
+    """GSM8K rows (question, answer) from a local JSONL file or the hub."""
+    local = Path(path)
+    if local.suffix in (".jsonl", ".json") or local.exists():
+        if not local.is_file():
+            raise InputError(f"{path}: no such GSM8K file")
+        rows = []
+        for number, line in enumerate(local.read_text(encoding="utf-8").splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    raise InputError(f"{path}:row {number}: not valid JSON") from None
+    else:
+        from datasets import load_dataset
+        rows = list(load_dataset(path, "main", split="test"))
+    for number, row in enumerate(rows, start=1):
+        for field in ("question", "answer"):
+            if not isinstance(row.get(field), str):
+                raise InputError(f"{path}:row {number}: field {field!r}: expected a string")
+    return rows[:limit]
+
+
+def record(row: dict[str, Any], output: str, error: str | None) -> dict[str, Any]:
+    """Everything about one answer: output, both extractions, the reference, the verdicts."""
+    reference = reference_answer(row["answer"])
+    strict, flexible = extract_strict(output), extract_flexible(output)
+    return {"question": row["question"], "reference": reference, "output": output, "error": error,
+            "strict": strict, "flexible": flexible, "strict_correct": normalise(strict) == reference,
+            "flexible_correct": normalise(flexible) == reference}
+
+
+def score(records: list[dict[str, Any]]) -> dict[str, float]:
+    n = len(records)
+    return {"strict": 100 * sum(r["strict_correct"] for r in records) / n if n else float("nan"),
+            "flexible": 100 * sum(r["flexible_correct"] for r in records) / n if n else float("nan"),
+            "n": n, "failed_requests": sum((r["error"] or "").startswith("request_failed") for r in records)}
