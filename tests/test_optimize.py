@@ -76,7 +76,7 @@ def rule(body: dict, index: int) -> str:
 
 def make_config(base_url: str, seeds: Path, **overrides) -> OptimizeConfig:
     data = {
-        "seeds": {"path": str(seeds), "field": "question"},
+        "seeds": {"path": str(seeds)},
         "llm": {"evol": {"model": "evol-model", "base_urls": [base_url], "max_concurrency": 128},
                 "optimizer": {"model": "optimizer-model", "base_urls": [base_url]}},
         "pool_size": 200, "trajectory_rounds": 2,
@@ -261,23 +261,24 @@ def test_bad_input_is_an_input_error_before_anything_is_written(shared_data, tmp
         assert not (tmp_path / "out").exists()
 
     fails("no such seed file", **{"seeds.path": str(tmp_path / "missing.jsonl")})
-    fails(r"field 'prompt' not found; columns are \['question', 'answer'\]", **{"seeds.field": "prompt"})
+    fails(r"train.jsonl:row 1: field 'instruction': missing \(alpaca format\)", **{"seeds.format": "alpaca"})
     fails("no such method file", initial_method=str(tmp_path / "method.txt"))
     rows = tmp_path / "seeds.jsonl"
-    rows.write_text('{"question": "What is 2+2?"}\n{"question": "  "}\n')
-    fails(r"seeds.jsonl:row 2: field 'question': expected a non-empty string", **{"seeds.path": str(rows)})
-    rows.write_text("".join(json.dumps({"question": f"q{i % 30}"}) + "\n" for i in range(100)))
+    rows.write_text('{"question": "What is 2+2?", "answer": "4"}\n{"question": "  ", "answer": "5"}\n')
+    fails(r"seeds.jsonl:row 2: field 'question': empty \(gsm8k format\)", **{"seeds.path": str(rows)})
+    rows.write_text("".join(json.dumps({"question": f"q{i % 30}", "answer": "1"}) + "\n" for i in range(100)))
     fails("30 distinct instructions, but dev_size \\+ batch_size = 60", **{"seeds.path": str(rows)})
 
 
-def test_code_alpaca_seeds_with_input_field(shared_data):
-    from autoevol_train.evol.optimize import SeedConfig, load_seed_instructions
+def test_code_alpaca_seeds_join_instruction_and_input(shared_data):
+    from autoevol_train.data.formats import SeedSource
+    from autoevol_train.evol.optimize import load_seed_instructions
 
-    seeds, source = load_seed_instructions(SeedConfig(path=str(shared_data / "seeds" / "code_alpaca_2k.json"),
-                                                      input_field="input"))
+    seeds, source = load_seed_instructions(SeedSource(path=str(shared_data / "seeds" / "code_alpaca_2k.json"),
+                                                      format="code_alpaca"))
     raw = json.loads((shared_data / "seeds" / "code_alpaca_2k.json").read_text())
     with_input = next(r for r in raw if r["input"].strip())
-    assert f"{with_input['instruction'].strip()}\n{with_input['input'].strip()}" in seeds
+    assert f"{with_input['instruction'].strip()}\n\n{with_input['input'].strip()}" in seeds  # as data.formats joins them
     assert len(seeds) == len({(r["instruction"].strip(), r["input"].strip()) for r in raw})
     assert source.endswith("code_alpaca_2k.json")
 
@@ -298,7 +299,7 @@ def test_extract_optimized_method(reply, method):
 def test_loop_on_the_real_vllm_server(vllm_server, shared_data, tmp_path):
     """Junk text from a tiny random model, but every call, parse failure and failure reason is recorded."""
     config = OptimizeConfig.model_validate({
-        "seeds": {"path": str(shared_data / "gsm8k" / "train.jsonl"), "field": "question"},
+        "seeds": {"path": str(shared_data / "gsm8k" / "train.jsonl")},
         # A random model rarely stops on its own: stopping at the letter "e" gives finished (junk) answers,
         # so parsing and the optimizer's second turn are exercised, not only truncation.
         "llm": {"evol": {"model": "tiny", "base_urls": [vllm_server], "max_tokens": 48, "stop": ["e"]},
@@ -346,7 +347,7 @@ def test_evol_on_vllm_and_optimizer_on_another_server(vllm_server, scripted_serv
         r"```Current Method\n(.*?)\n```", body["messages"][-1]["content"], re.DOTALL).group(1)
         + f"\nVariant {index}: keep every number.\n```" if len(body["messages"]) == 3 else f"Analysis {index}")
     config = OptimizeConfig.model_validate({
-        "seeds": {"path": str(shared_data / "seeds" / "code_alpaca_2k.json"), "input_field": "input"},
+        "seeds": {"path": str(shared_data / "seeds" / "code_alpaca_2k.json"), "format": "code_alpaca"},
         "llm": {"evol": {"model": "tiny", "base_urls": [vllm_server], "max_tokens": 48, "stop": ["e"]},
                 "optimizer": {"model": "big", "base_urls": [optimizer.base_url]}},
         "initial_method": "weak", "pool_size": 30, "dev_size": 8, "batch_size": 2, "trajectory_rounds": 1,
@@ -386,10 +387,8 @@ def test_recipe_has_the_paper_settings(recipe):
 def test_recipe_runs_offline_on_shared_data(domain, seeds, scripted_server, shared_data, tmp_path):
     server = scripted_server(rule)
     model = "mistral-7b" if domain == "math" else "codellama-13b-python"
-    overrides = [f"seeds.path={shared_data / seeds}", "seeds.subset=null", "pool_size=120", "steps=1",
+    overrides = [f"seeds.path={shared_data / seeds}", "seeds.hub_config=null", "pool_size=120", "steps=1",
                  "trajectory_rounds=1"]
-    if domain == "math":
-        overrides.append("seeds.field=question")
     for role in ("evol", "optimizer"):
         overrides += [f"llm.{role}.model={role}-model", f"llm.{role}.base_urls=[{server.base_url}]",
                       f"llm.{role}.api_key_env=null"]

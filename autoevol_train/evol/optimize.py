@@ -37,27 +37,14 @@ from autoevol_train.evol.failures import FailureRules, check_evolution, evol_fai
 from autoevol_train.evol.methods import (INSTRUCTION_LABEL, EvolvingMethod, fill, initial_method, load_method,
                                          load_prompt, weak_method)
 from autoevol_train.evol.parse import extract_evolved
+from autoevol_train.data.formats import SeedSource, iter_seed_rows
 from autoevol_train.llm.client import LLMClient, LLMPool, Progress, RoleConfig
 from autoevol_train.llm.journal import Journal
 from autoevol_train.llm.scheduler import stream_map
 from autoevol_train.llm.types import Completion
 from autoevol_train.rundir import RunDir, write_atomic
 
-__all__ = ["OptimizeConfig", "SeedConfig", "run_optimize", "load_seed_instructions", "extract_optimized_method"]
-
-_LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
-
-
-class SeedConfig(StrictModel):
-    """Where the seed instructions come from."""
-
-    path: str = Field(description="a local .jsonl/.json/.parquet/.csv file, or a hub dataset name")
-    field: str = Field("instruction", description="column holding the instruction (GSM8K: question)")
-    input_field: str | None = Field(None, description="optional column appended to the instruction on a new "
-                                    "line when non-empty (Code Alpaca's `input`)")
-    subset: str | None = Field(None, description="hub datasets: the configuration name (GSM8K: main)")
-    split: str = Field("train", description="hub datasets: the split to read")
-
+__all__ = ["OptimizeConfig", "run_optimize", "load_seed_instructions", "extract_optimized_method"]
 
 class OptimizerRoleConfig(RoleConfig):
     """The optimizer role, with the paper's sampling as defaults (the official code decodes greedily)."""
@@ -76,7 +63,7 @@ class OptimizeLLMConfig(StrictModel):
 class OptimizeConfig(StrictModel):
     """The optimisation loop. Defaults are the paper's settings (App. F.2)."""
 
-    seeds: SeedConfig
+    seeds: SeedSource = Field(description="seed data in any supported format (first user turn of each row)")
     llm: OptimizeLLMConfig
     initial_method: str = Field("initial", description="'initial' (universal four-step method), 'weak' "
                                 "(ablation) or the path of a method text file")
@@ -103,39 +90,14 @@ class OptimizeConfig(StrictModel):
 
 # --- seeds -------------------------------------------------------------------------------------------------
 
-def load_seed_instructions(seeds: SeedConfig) -> tuple[list[str], str]:
-    """Distinct seed instructions (file order) and a name of their source for messages and reports."""
-    from datasets import load_dataset  # heavy import, only when a stage runs
-
-    path = Path(seeds.path)
-    if path.suffix in _LOCAL_FORMATS or path.exists():
-        if not path.is_file():
-            raise InputError(f"{path}: no such seed file")
-        if path.suffix not in _LOCAL_FORMATS:
-            raise InputError(f"{path}: unsupported seed file type; expected one of {sorted(_LOCAL_FORMATS)}")
-        source = str(path)
-        loader = lambda: load_dataset(_LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")  # noqa: E731
-    else:
-        source = f"{seeds.path}[{seeds.split}]"
-        loader = lambda: load_dataset(seeds.path, seeds.subset, split=seeds.split)  # noqa: E731
-    try:
-        dataset = loader()
-    except Exception as exc:  # datasets raises many types for unreadable files and unknown hub names
-        raise InputError(f"{source}: cannot load seeds: {type(exc).__name__}: {str(exc)[:300]}") from None
-    for name in (seeds.field, seeds.input_field):
-        if name is not None and name not in dataset.column_names:
-            raise InputError(f"{source}: field {name!r} not found; columns are {dataset.column_names}")
+def load_seed_instructions(seeds: SeedSource) -> tuple[list[str], str]:
+    """Distinct seed instructions (file order): each row's first user turn, through the data module's reader
+    (every seed format, local files or hub datasets, errors naming file, row and field)."""
     instructions: dict[str, None] = {}
-    for row_number, row in enumerate(dataset, start=1):
-        text = row[seeds.field]
-        if not isinstance(text, str) or not text.strip():
-            raise InputError(f"{source}:row {row_number}: field {seeds.field!r}: expected a non-empty string, "
-                             f"got {text!r}")
-        extra = row[seeds.input_field] if seeds.input_field else None
-        if isinstance(extra, str) and extra.strip():
-            text = f"{text.strip()}\n{extra.strip()}"
-        instructions.setdefault(text.strip(), None)
-    return list(instructions), source
+    for row in iter_seed_rows(seeds):
+        first_user = next(m["content"] for m in row["messages"] if m["role"] == "user")
+        instructions.setdefault(first_user.strip(), None)
+    return list(instructions), seeds.path
 
 
 # --- the optimizer's answer --------------------------------------------------------------------------------
