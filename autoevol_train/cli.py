@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                                        "accelerate config. Extra arguments go to the SFT script (TrlParser).")
     train.add_argument("config", type=Path, help="SFT recipe (TrlParser YAML)")
     train.add_argument("script_args", nargs=argparse.REMAINDER, help="extra --flags for the SFT script")
+    compare = sub.add_parser("compare", help="put several eval results side by side (one column per arm)",
+                             add_help=False)
+    compare.add_argument("compare_args", nargs=argparse.REMAINDER, help="RESULTS... [--labels L...] [--output F]")
     return parser
 
 
@@ -63,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             from autoevol_train.train.launch import launch_training
             return launch_training(args.config, args.script_args)
+        if args.command == "compare":
+            from autoevol_train.eval.compare import main as compare_main
+            return compare_main(args.compare_args)
         module_name, config_name, function_name, _ = STAGES[args.command]
         module = importlib.import_module(module_name)
         config = load_config(getattr(module, config_name), args.config, args.overrides)
