@@ -32,7 +32,7 @@ def default_output_dir(config: Path) -> Path:
     return Path("runs") / "-".join(parts)
 
 
-def _stage_parser(sub: argparse._SubParsersAction, command: str, help_text: str) -> None:
+def _stage_parser(sub: argparse._SubParsersAction, command: str, help_text: str) -> argparse.ArgumentParser:
     parser = sub.add_parser(command, help=help_text, description=help_text)
     parser.add_argument("config", type=Path, help="YAML config file")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
@@ -40,13 +40,27 @@ def _stage_parser(sub: argparse._SubParsersAction, command: str, help_text: str)
     parser.add_argument("--output-dir", type=Path, default=None,
                         help="run directory (default: runs/<recipe>-<config name>, e.g. "
                              "runs/mistral-7b-math-evolve); re-running the same command on it resumes")
+    return parser
+
+
+def _shard_overrides(shard: str) -> list[str]:
+    from autoevol_train.config import InputError
+
+    index, sep, count = shard.partition("/")
+    if not (sep and index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise InputError(f"--shard {shard!r}: expected I/N with 0 <= I < N, e.g. 0/4")
+    return [f"shard_index={index}", f"num_shards={count}"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autoevol", description="Auto Evol-Instruct, end to end.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command, (*_, help_text) in STAGES.items():
-        _stage_parser(sub, command, help_text)
+        parser_of_stage = _stage_parser(sub, command, help_text)
+        if command == "evolve":
+            parser_of_stage.add_argument("--shard", metavar="I/N", default=None,
+                                         help="evolve slice I of N (seeds whose index %% N == I), e.g. one per "
+                                              "node; assemble the slices with merge_from=[dirs]")
     train = sub.add_parser("train", help="fine-tune with TRL SFTTrainer (+ DeepSpeed ZeRO-3) via accelerate",
                            description="Launch scripts/run_sft.py under `accelerate launch` with the recipe's "
                                        "accelerate config. Extra arguments go to the SFT script (TrlParser).")
@@ -71,7 +85,10 @@ def main(argv: list[str] | None = None) -> int:
             return compare_main(args.compare_args)
         module_name, config_name, function_name, _ = STAGES[args.command]
         module = importlib.import_module(module_name)
-        config = load_config(getattr(module, config_name), args.config, args.overrides)
+        overrides = list(args.overrides)
+        if args.command == "evolve" and args.shard:
+            overrides += _shard_overrides(args.shard)
+        config = load_config(getattr(module, config_name), args.config, overrides)
         output_dir = args.output_dir or default_output_dir(args.config)
         result = getattr(module, function_name)(config, output_dir)
     except InputError as exc:

@@ -216,7 +216,7 @@ def run_pipeline(config: PipelineConfig, output_dir: Path) -> Path:
         if config.eval is None:
             continue
         model_dir = train.path / "model"
-        eval_config = config.eval.model_copy(update={"model": config.eval.model.model_copy(
+        eval_config = config.eval.model_copy(update={"name": arm.name, "model": config.eval.model.model_copy(
             update={"model": str(model_dir)})})
         eval_fp = _fingerprint("eval", eval_config.model_dump(mode="json"), train_fp)
         evaluation = Stage(output_dir / arm.name / "eval", f"{arm.name}/eval", eval_fp)

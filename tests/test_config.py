@@ -80,3 +80,37 @@ def test_run_directory_manifest_and_no_secrets(tmp_path, monkeypatch):
     assert resumed["llm_usage"] == {"evol": {"requests": 3}}
     for path in (tmp_path / "run").iterdir():
         assert "sk-very-secret" not in path.read_text()
+
+
+@pytest.mark.parametrize("setup, message", [
+    ("missing", "nope.yaml: no such config file"),
+    ("unknown", "optimize.yaml: pool_sise: unknown key"),
+    ("wrong_type", "optimize.yaml: llm.evol.max_concurrency: expected int, got 'many'"),
+])
+def test_cli_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path, setup, message):
+    import subprocess
+    import sys
+
+    from autoevol_train.cli import main
+
+    recipe = tmp_path / "optimize.yaml"
+    recipe.write_text("seeds: {path: seeds.jsonl}\nllm:\n  evol: {model: m}\n  optimizer: {model: m}\n"
+                      + ("pool_sise: 10\n" if setup == "unknown" else ""))
+    args = ["optimize", str(tmp_path / "nope.yaml" if setup == "missing" else recipe)]
+    if setup == "wrong_type":
+        args.append("llm.evol.max_concurrency=many")
+    args += ["--output-dir", str(tmp_path / "out")]
+    process = subprocess.run([sys.executable, "-m", "autoevol_train.cli", *args], capture_output=True, text=True)
+    assert process.returncode == 2
+    [line] = process.stderr.strip().splitlines()
+    assert line.startswith("autoevol optimize: error: ") and line.endswith(message)
+    assert main(args) == 2
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_shard_flag():
+    from autoevol_train.cli import _shard_overrides
+
+    assert _shard_overrides("1/4") == ["shard_index=1", "num_shards=4"]
+    with pytest.raises(ConfigError.__mro__[1], match="expected I/N"):
+        _shard_overrides("4/4")

@@ -162,3 +162,27 @@ def test_bad_pipeline_config_is_one_line_and_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("autoevol run: error: pipeline.yaml: arms[2].method: Input should be")
     assert "\n" not in err and not (tmp_path / "out").exists()
+
+
+PIPELINES = sorted((REPO / "recipes").glob("*/*/pipeline.yaml"))
+
+
+@pytest.mark.parametrize("recipe", PIPELINES, ids=lambda p: p.parent.relative_to(REPO / "recipes").as_posix())
+def test_pipeline_recipes_validate_and_match_their_stage_recipes(recipe):
+    from autoevol_train.config import load_config
+    from autoevol_train.eval.run import EvalConfig
+    from autoevol_train.evol.optimize import OptimizeConfig
+    from autoevol_train.pipeline import PipelineConfig
+
+    config = load_config(PipelineConfig, recipe)
+    assert [arm.method for arm in config.arms] == ["none", "evol-instruct", "optimized"]
+    assert config.optimize == load_config(OptimizeConfig, recipe.parent / "optimize.yaml")
+    assert config.eval == load_config(EvalConfig, recipe.parent / "eval.yaml")
+    assert config.eval.model.backend in ("vllm", "transformers")  # the trained model is a local directory
+    assert config.train is not None and Path(config.train.recipe) == recipe.parent.relative_to(REPO) / "sft.yaml"
+
+
+def test_every_model_and_domain_has_a_pipeline():
+    assert {p.parent.relative_to(REPO / "recipes").as_posix() for p in PIPELINES} == {
+        "mistral-7b/chat", "mistral-7b/math", "mixtral-8x7b/chat", "mixtral-8x7b/math",
+        "codellama-13b-python/code", "deepseek-coder-33b-base/code"}
