@@ -123,7 +123,7 @@ class Stage:
         self.path.mkdir(parents=True, exist_ok=True)
         write_atomic(self._record_path, json.dumps({"fingerprint": self.fingerprint, "status": "running"}))
         work()
-        wall = time.monotonic() - started + previous.get("wall_s", 0.0) * (previous.get("status") == "running")
+        wall = time.monotonic() - started
         write_atomic(self._record_path, json.dumps(
             {"fingerprint": self.fingerprint, "status": "completed", "wall_s": round(wall, 2),
              "completed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
@@ -204,6 +204,8 @@ def run_pipeline(config: PipelineConfig, output_dir: Path) -> Path:
             # train on. The report shows the arm's rejects by reason instead of a model.
             log(f"[skip]    {arm.name}/train, {arm.name}/eval: the evolved dataset has no rows "
                 f"(see {evolve.path / 'dataset' / 'rejects.jsonl'})")
+            for stale in ("train", "eval"):  # a model of an earlier config must not be reported
+                shutil.rmtree(output_dir / arm.name / stale, ignore_errors=True)
             continue
         train_fp = _fingerprint("train", config.train.model_dump(mode="json"), _file_text(config.train.recipe),
                                 evolve_fp)
