@@ -45,13 +45,13 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp, ScriptedServer(rule, latency=LatencyModel(args.latency)) as server:
-        seeds = Path(tmp) / "seeds.jsonl"
+        seeds, pool_size = Path(tmp) / "seeds.jsonl", args.dev_size + 4 * args.batch_size
         seeds.write_text("".join(json.dumps({"instruction": f"A farmer has {i} sheep and buys {i + 3} more. "
                                                             "How many sheep does he have?"}) + "\n"
-                                 for i in range(args.dev_size + 4 * args.batch_size)))
+                                 for i in range(pool_size)))
         config = OptimizeConfig.model_validate({
             "seeds": {"path": str(seeds)}, "steps": 1, "candidates": args.candidates, "dev_size": args.dev_size,
-            "batch_size": args.batch_size, "pool_size": args.dev_size + 4 * args.batch_size,
+            "batch_size": args.batch_size, "pool_size": pool_size,
             "trajectory_rounds": ROUNDS,
             "llm": {"evol": {"model": "evol", "base_urls": [server.base_url], "max_concurrency": 256},
                     "optimizer": {"model": "optimizer", "base_urls": [server.base_url]}},

@@ -15,11 +15,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
+from autoevol_train.data.parts import completed_keys
 from autoevol_train.llm.scripted_server import LatencyModel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,26 +49,13 @@ def _run(config: Path, out: Path) -> float:
     return time.monotonic() - start
 
 
-def _kill_after(config: Path, out: Path, seconds: float) -> bool:
-    """Start the command, SIGKILL it after `seconds`; True when it was still running."""
-    proc = subprocess.Popen(_command(config, out), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        proc.wait(timeout=seconds)
-        return False
-    except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        return True
-
-
-def _kill_once_written(config: Path, out: Path, items: int) -> bool:
-    """Start the command, SIGKILL it once its part files hold `items` finished items; True when it was killed
-    before it could finish."""
+def _kill_when(config: Path, out: Path, condition: Callable[[], bool]) -> bool:
+    """Start the command, SIGKILL it as soon as `condition()` holds; True when it was killed before it could
+    finish."""
     proc = subprocess.Popen(_command(config, out), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:
-        written = sum(p.read_bytes().count(b"\n") for p in (out / "parts").glob("part-*.jsonl"))
-        if written >= items:
+        if condition():
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
             return True
@@ -103,8 +92,10 @@ def test_sigkill_at_random_points_then_resume_gives_identical_dataset(tmp_path, 
     rng = random.Random(1234)
     for trial in range(3):
         out = tmp_path / f"trial{trial}"
-        assert _kill_once_written(config, out, rng.randint(1, 45)), "ended before the kill"  # of 90 items
-        _kill_after(config, out, rng.uniform(0.1, 1.0) * seconds)
+        items = rng.randint(1, 45)  # of 90
+        assert _kill_when(config, out, lambda: len(completed_keys(out / "parts")) >= items), "ended before the kill"
+        kill_at = time.monotonic() + rng.uniform(0.1, 1.0) * seconds
+        _kill_when(config, out, lambda: time.monotonic() >= kill_at)
         _run(config, out)
         writers = {p.name.split("-")[1] for p in (out / "parts").glob("part-*.jsonl") if p.stat().st_size}
         assert len(writers) >= 2, writers  # items finished by the killed attempt kept, the rest by later ones

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from autoevol_train.config import InputError, load_config
+from autoevol_train.evol.methods import initial_method
 from autoevol_train.evol.optimize import OptimizeConfig, extract_optimized_method, run_optimize
 from autoevol_train.llm.scripted_server import LatencyModel
 
@@ -183,16 +184,15 @@ def test_every_call_of_a_phase_is_in_flight_at_once(scripted_server, shared_data
     trajectories of the batch beside the incumbent's 16 dev evolutions, the m optimisation calls, then the dev
     evolutions of every candidate at once (16 each), where a serial or per-candidate loop would hold 1 or 16."""
     lock = threading.Lock()
-    in_flight, peak, incumbent = Counter(), Counter(), []
+    in_flight, peak = Counter(), Counter()
+    incumbent = initial_method().render("")  # the evolution prompt up to the instruction
 
     def holding_rule(body: dict, index: int) -> str:
         content = body["messages"][-1]["content"]
         if index == 0 and (body["model"] == "optimizer-model" or "#Instruction#:\n" in content):
-            method = content.rpartition("#Instruction#:\n")[0]
             with lock:
-                incumbent[:] = incumbent or [method]  # step 1's first evolution uses the incumbent
                 what = ("optimizer" if body["model"] == "optimizer-model"
-                        else "incumbent" if method == incumbent[0] else "candidates")
+                        else "incumbent" if content.startswith(incumbent) else "candidates")
                 in_flight[what] += 1
                 peak[what] = max(peak[what], in_flight[what])
             time.sleep(0.5)
