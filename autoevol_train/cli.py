@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from autoevol_train.config import InputError, load_config
+    from autoevol_train.config import load_config
+    from autoevol_train.errors import AutoevolError
 
     try:
         if args.command == "train":
@@ -91,9 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(getattr(module, config_name), args.config, overrides)
         output_dir = args.output_dir or default_output_dir(args.config)
         result = getattr(module, function_name)(config, output_dir)
-    except InputError as exc:
+    except AutoevolError as exc:
         print(f"autoevol {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         print(f"autoevol {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130

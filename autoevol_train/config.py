@@ -14,17 +14,9 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from autoevol_train.errors import ConfigError, InputError
+
 __all__ = ["InputError", "ConfigError", "StrictModel", "load_config", "apply_overrides", "dump_config", "parse_config"]
-
-
-class InputError(ValueError):
-    """Bad user input (config, data file, row): the message is one line naming the file, row or key path.
-
-    The CLI prints it and exits with code 2; nothing else is ever printed for it (no traceback)."""
-
-
-class ConfigError(InputError):
-    """A config could not be loaded; the message is one line that names the file and the key path."""
 
 
 class StrictModel(BaseModel):
