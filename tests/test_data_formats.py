@@ -125,3 +125,49 @@ def test_unknown_shape_and_missing_file(tmp_path):
         _rows(tmp_path / "missing.jsonl")
     with pytest.raises(InputError, match="cannot load hub dataset"):
         _rows("no-such-org/no-such-dataset-xyz")
+
+
+def test_seeded_sample_keeps_file_order_and_is_reproducible(shared_data):
+    path = shared_data / "gsm8k" / "train.jsonl"
+    first = [r["id"] for r in _rows(path, sample=20, seed=1)]
+    assert first == [r["id"] for r in _rows(path, sample=20, seed=1)]
+    assert len(first) == len(set(first)) == 20
+    assert first == sorted(first, key=lambda row_id: int(row_id.split("-")[1]))
+    assert first != [r["id"] for r in _rows(path, sample=20, seed=2)]
+    assert first != [f"train-{i}" for i in range(1, 21)]  # not the first 20
+    report = LoadReport()
+    list(iter_seed_rows(SeedSource(path=str(path), sample=5), report))
+    assert report.rows == 5
+    with pytest.raises(ValueError, match="either limit .* or sample"):
+        SeedSource(path=str(path), limit=3, sample=3)
+
+
+def test_sample_larger_than_file_keeps_every_row(tmp_path):
+    path = _jsonl(tmp_path / "s.jsonl", [{"instruction": f"i{i}"} for i in range(3)])
+    assert [r["id"] for r in _rows(path, sample=10)] == ["s-1", "s-2", "s-3"]
+
+
+def test_not_utf8_names_row_and_byte_offset(tmp_path):
+    path = tmp_path / "latin.jsonl"
+    path.write_bytes(b'{"instruction": "ok"}\n{"instruction": "caf\xe9"}\n')
+    with pytest.raises(InputError) as info:
+        _rows(path)
+    assert str(info.value) == ("latin.jsonl:row 2: field '<row>': not UTF-8 text (byte offset 42 in the file) "
+                               "(alpaca format)")
+    array = tmp_path / "latin.json"
+    array.write_bytes(b'[\n{"instruction": "ok"},\n{"instruction": "caf\xe9"}\n]\n')
+    with pytest.raises(InputError, match=r"latin.json: line 3: not UTF-8 text \(byte offset 45\)"):
+        _rows(array)
+
+
+@pytest.mark.parametrize("content, why", [
+    ("", "the source has no rows"),
+    ("\n\n", "the source has no rows"),
+    ("[]", "the source has no rows"),
+    ('{"instruction": ""}\n', "all 1 rows were malformed and skipped"),
+])
+def test_no_seeds_is_an_input_error(tmp_path, content, why):
+    path = tmp_path / ("empty.json" if content.startswith("[") else "empty.jsonl")
+    path.write_text(content)
+    with pytest.raises(InputError, match=f"no seeds \\({why}\\)"):
+        _rows(path, skip_malformed=True)

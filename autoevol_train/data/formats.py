@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import gzip
 import json
+import random
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from autoevol_train.config import InputError, StrictModel
 
@@ -56,7 +57,16 @@ class SeedSource(StrictModel):
     data_files: str | None = Field(None, description="hub datasets: one file of the repository (e.g. ShareGPT's "
                                                      "ShareGPT_V3_unfiltered_cleaned_split.json)")
     skip_malformed: bool = Field(False, description="skip and count malformed rows instead of failing")
-    limit: int | None = Field(None, ge=1, description="read at most this many rows (after skipping)")
+    limit: int | None = Field(None, ge=1, description="read the first this many rows (after skipping)")
+    sample: int | None = Field(None, ge=1, description="read a random sample of this many rows (all rows are "
+                                                       "read once; the sample keeps file order)")
+    seed: int = Field(0, description="random seed of `sample`: the same seed, file and N give the same rows")
+
+    @model_validator(mode="after")
+    def _limit_or_sample(self) -> SeedSource:
+        if self.limit is not None and self.sample is not None:
+            raise ValueError("set either limit (the first N rows) or sample (a random N rows), not both")
+        return self
 
     def is_local(self) -> bool:
         """A file read here; anything else (a hub name, a local dataset directory) goes to `load_dataset`."""
@@ -186,18 +196,29 @@ def _iter_local(path: Path) -> Iterator[Any]:
             yield from batch.to_pylist()
         return
     opener = gzip.open if name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as handle:
+    with opener(path, "rb") as handle:
         head = handle.read(4096)
-        if head.lstrip().startswith("["):  # one JSON array: has to be parsed whole
+        if head.lstrip().startswith(b"["):  # one JSON array: has to be parsed whole
+            data = head + handle.read()
             try:
-                rows = json.loads(head + handle.read())
+                rows = json.loads(data.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                line = data.count(b"\n", 0, exc.start) + 1
+                raise InputError(f"{path.name}: line {line}: not UTF-8 text (byte offset {exc.start})") from None
             except json.JSONDecodeError as exc:
-                raise InputError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+                raise InputError(f"{path.name}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
             if not isinstance(rows, list):
-                raise InputError(f"{path}: expected a JSON array of rows or JSON lines")
+                raise InputError(f"{path.name}: expected a JSON array of rows or JSON lines")
             yield from rows
             return
-        for line in _prepend(head, handle):
+        offset = 0
+        for raw_line in _prepend(head, handle):
+            start, offset = offset, offset + len(raw_line)
+            try:
+                line = raw_line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield _BadJSON(f"not UTF-8 text (byte offset {start + exc.start} in the file)")
+                continue
             if not line.strip():
                 yield None  # keeps row numbers equal to line numbers; skipped by the caller
                 continue
@@ -207,12 +228,12 @@ def _iter_local(path: Path) -> Iterator[Any]:
                 yield _BadJSON(f"invalid JSON ({exc.msg})")
 
 
-def _prepend(head: str, handle: Any) -> Iterator[str]:
-    """The lines of a text file whose first `head` characters were already read."""
-    lines = head.split("\n")
+def _prepend(head: bytes, handle: Any) -> Iterator[bytes]:
+    """The lines of a binary file whose first `head` bytes were already read."""
+    lines = head.split(b"\n")
     tail = lines.pop()  # the (possibly partial) last line of the head
     for line in lines:
-        yield line + "\n"
+        yield line + b"\n"
     yield tail + handle.readline()
     yield from handle
 
@@ -235,11 +256,42 @@ def _iter_hub(source: SeedSource) -> Iterator[Any]:
 
 
 def iter_seed_rows(source: SeedSource, report: LoadReport | None = None) -> Iterator[dict[str, Any]]:
-    """Rows of `source` as ``{id, messages, source, format}``, lazily, in file order.
+    """Rows of `source` as ``{id, messages, source, format}``, lazily, in file order (`limit`: the first N;
+    `sample`: a seeded random N, drawn by reservoir sampling so only N rows are ever held).
 
     `id` is the row's own ``id`` (or ``question_id``/``task_id``) when it has one, else ``<name>-<row>``.
+    A source with no usable row is an `InputError` ("no seeds"), not an empty run.
     """
     report = report if report is not None else LoadReport()
+    rows = _iter_rows(source, report)
+    if source.sample is not None:
+        sampled = _reservoir(rows, source.sample, random.Random(source.seed))
+        report.rows = len(sampled)  # rows kept: the sample, not every row read
+        rows = iter(sampled)
+    for row in rows:
+        yield row
+        if source.limit is not None and report.rows >= source.limit:
+            return
+    if report.rows == 0:
+        skipped = sum(report.skipped.values())
+        why = f"all {skipped} rows were malformed and skipped" if skipped else "the source has no rows"
+        raise InputError(f"{source.path}: no seeds ({why})")
+
+
+def _reservoir(rows: Iterator[dict[str, Any]], size: int, rng: random.Random) -> list[dict[str, Any]]:
+    """A uniform random sample of `size` rows (Algorithm R), returned in file order."""
+    kept: list[tuple[int, dict[str, Any]]] = []
+    for number, row in enumerate(rows):
+        if number < size:
+            kept.append((number, row))
+        else:
+            slot = rng.randint(0, number)
+            if slot < size:
+                kept[slot] = (number, row)
+    return [row for _, row in sorted(kept, key=lambda pair: pair[0])]
+
+
+def _iter_rows(source: SeedSource, report: LoadReport) -> Iterator[dict[str, Any]]:
     local = source.is_local()
     raw_rows = _iter_local(Path(source.path)) if local else _iter_hub(source)
     name = Path(source.path).name if local else source.path
@@ -268,5 +320,3 @@ def iter_seed_rows(source: SeedSource, report: LoadReport | None = None) -> Iter
         row_id = str(given) if given not in (None, "") else f"{stem}-{number}"
         report.rows += 1
         yield {"id": row_id, "messages": messages, "source": name, "format": fmt}
-        if source.limit is not None and report.rows >= source.limit:
-            return
