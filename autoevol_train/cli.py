@@ -33,10 +33,13 @@ def default_output_dir(config: Path) -> Path:
 
 
 def _stage_parser(sub: argparse._SubParsersAction, command: str, help_text: str) -> argparse.ArgumentParser:
-    parser = sub.add_parser(command, help=help_text, description=help_text)
+    parser = sub.add_parser(command, help=help_text, description=help_text,
+                            epilog=f"`autoevol config {command}` prints every config key with its default and "
+                                   "description.")
     parser.add_argument("config", type=Path, help="YAML config file")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
-                        help="override config values (YAML syntax), e.g. llm.evol.max_concurrency=128")
+                        help="override config values (YAML syntax), e.g. llm.evol.max_concurrency=128; "
+                             "accepted anywhere on the line")
     parser.add_argument("--output-dir", type=Path, default=None,
                         help="run directory (default: runs/<recipe>-<config name>, e.g. "
                              "runs/mistral-7b-math-evolve); re-running the same command on it resumes")
@@ -52,8 +55,21 @@ def _shard_overrides(shard: str) -> list[str]:
     return [f"shard_index={index}", f"num_shards={count}"]
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"autoevol-train {version('autoevol-train')}"
+    except PackageNotFoundError:
+        return "autoevol-train (not installed: run from a source tree)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="autoevol", description="Auto Evol-Instruct, end to end.")
+    parser = argparse.ArgumentParser(prog="autoevol", description="Auto Evol-Instruct, end to end.",
+                                     epilog="exit codes: 0 done; 2 bad input (config, data file); 3 endpoint "
+                                            "unusable (unreachable, wrong model, auth); 4 unusable result "
+                                            "(empty output, mostly request errors); 1 a bug (traceback)")
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command, (*_, help_text) in STAGES.items():
         parser_of_stage = _stage_parser(sub, command, help_text)
@@ -61,25 +77,57 @@ def build_parser() -> argparse.ArgumentParser:
             parser_of_stage.add_argument("--shard", metavar="I/N", default=None,
                                          help="evolve slice I of N (seeds whose index %% N == I), e.g. one per "
                                               "node; assemble the slices with merge_from=[dirs]")
+    config = sub.add_parser("config", help="print a stage's full config as commented YAML, to start from",
+                            description="Print every key of a stage's config with its default and description "
+                                        "(defaults commented out, required keys set to null), e.g. "
+                                        "`autoevol config evolve > evolve.yaml`.")
+    config.add_argument("stage", choices=list(STAGES), help="the stage whose config to print")
     train = sub.add_parser("train", help="fine-tune with TRL SFTTrainer (+ DeepSpeed ZeRO-3) via accelerate",
                            description="Launch scripts/run_sft.py under `accelerate launch` with the recipe's "
-                                       "accelerate config. Extra arguments go to the SFT script (TrlParser).")
+                                       "accelerate config. Extra arguments go to the SFT script (TrlParser); "
+                                       "`autoevol train RECIPE --help` lists them.")
     train.add_argument("config", type=Path, help="SFT recipe (TrlParser YAML)")
     train.add_argument("script_args", nargs=argparse.REMAINDER, help="extra --flags for the SFT script")
-    compare = sub.add_parser("compare", help="put several eval results side by side (one column per arm)",
-                             add_help=False)
-    compare.add_argument("compare_args", nargs=argparse.REMAINDER, help="RESULTS... [--labels L...] [--output F]")
+    # compare parses its own arguments (eval/compare.py): they, --help included, are passed through.
+    sub.add_parser("compare", help="put several eval results side by side (one column per arm)", add_help=False)
     return parser
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """Parse, taking `key=value` overrides from anywhere on the line (also after `--output-dir D`)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "compare":
+        args.compare_args = extra
+    elif args.command in STAGES:
+        unknown = [arg for arg in extra if arg.startswith("-") or "=" not in arg]
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def _print_error(command: str, message: str) -> None:
+    for line in message.splitlines():
+        print(f"autoevol {command}: error: {line}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from autoevol_train.config import load_config
+    args = _parse(argv)
+    from autoevol_train.config import commented_yaml, load_config
     from autoevol_train.errors import AutoevolError
 
     try:
+        if args.command == "config":
+            module_name, config_name, *_ = STAGES[args.stage]
+            print(commented_yaml(getattr(importlib.import_module(module_name), config_name)), end="")
+            return 0
         if args.command == "train":
-            from autoevol_train.train.launch import launch_training
+            from autoevol_train.train.launch import launch_training, run_single_process
+            if {"-h", "--help"} & set(args.script_args):  # the recipe's fields: no need to start the launcher
+                return run_single_process(args.config, args.script_args)
             return launch_training(args.config, args.script_args)
         if args.command == "compare":
             from autoevol_train.eval.compare import main as compare_main
@@ -93,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         output_dir = args.output_dir or default_output_dir(args.config)
         result = getattr(module, function_name)(config, output_dir)
     except AutoevolError as exc:
-        print(f"autoevol {args.command}: error: {exc}", file=sys.stderr)
+        _print_error(args.command, str(exc))
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"autoevol {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)

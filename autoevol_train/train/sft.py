@@ -47,7 +47,7 @@ class SFTScriptArguments(ScriptArguments):
 
     chat_template_name: str = field(default="auto", metadata={
         "help": "training chat template: 'auto' (the model family's shipped template, else the model's own if it "
-                "has {% generation %} markers), one of " + ", ".join(SHIPPED_TEMPLATES) + ", 'model' (the "
+                "has {%% generation %%} markers), one of " + ", ".join(SHIPPED_TEMPLATES) + ", 'model' (the "
                 "tokenizer's own), or a path to a .jinja file"})
     accelerate_config: str = field(default="recipes/accelerate_configs/deepspeed_zero3.yaml", metadata={
         "help": "accelerate config `autoevol train` launches with (relative paths: from the working directory, "
