@@ -9,17 +9,18 @@ import datasets
 import pytest
 
 from autoevol_train.data.assemble import AssemblySpec, assemble_dataset
-from autoevol_train.data.decontam import BenchmarkSource, DecontamConfig, Decontaminator
+from autoevol_train.data.decontam import DecontamConfig, Decontaminator
 from autoevol_train.data.dedup import DedupConfig, Deduplicator
 from autoevol_train.data.parts import PartWriter, completed_keys, iter_in_order
 from autoevol_train.data.stats import TextStats
 from autoevol_train.data.writers import load_written_dataset
+from autoevol_train.eval import gsm8k, humaneval, mt_bench
 
 
-def local_benchmarks(shared_data) -> list[BenchmarkSource]:
-    return [BenchmarkSource(name="gsm8k", path=str(shared_data / "gsm8k" / "test.jsonl")),
-            BenchmarkSource(name="humaneval", path=str(shared_data / "humaneval" / "HumanEval.jsonl.gz")),
-            BenchmarkSource(name="mt_bench", path=str(shared_data / "mt_bench" / "question.jsonl"))]
+def local_benchmarks(shared_data) -> list:
+    return [gsm8k.Config(path=str(shared_data / "gsm8k" / "test.jsonl")),
+            humaneval.Config(path=str(shared_data / "humaneval" / "HumanEval.jsonl.gz")),
+            mt_bench.Config(path=str(shared_data / "mt_bench" / "question.jsonl"))]
 
 
 def test_exact_and_near_duplicates_keep_the_first():

@@ -102,10 +102,10 @@ def test_gsm8k_prompts_and_real_references(shared_data):
     rows = gsm8k.load_rows(str(shared_data / "gsm8k" / "test.jsonl"))
     assert len(rows) == 1319
     assert gsm8k.reference_answer(rows[0]["answer"]) == "18"  # Janet's ducks
-    zero = gsm8k.build_messages(rows[0]["question"], gsm8k.GSM8KConfig())
+    zero = gsm8k.build_messages(rows[0]["question"], gsm8k.Config())
     assert len(zero) == 1 and zero[0]["content"].startswith(rows[0]["question"])
     assert "The answer is:" in zero[0]["content"]
-    cot_config = gsm8k.GSM8KConfig(protocol="8-shot-cot")
+    cot_config = gsm8k.Config(protocol="8-shot-cot")
     cot = gsm8k.build_messages(rows[0]["question"], cot_config)
     assert [m["role"] for m in cot] == ["user", "assistant"] * 8 + ["user"]
     assert cot[1]["content"].endswith("The answer is 6.") and cot[-1]["content"] == f"Q: {rows[0]['question']}\nA:"
@@ -204,7 +204,7 @@ def test_mt_bench_scores_drop_unparsed_judgements():
 
 
 def test_mt_bench_judge_prompts_follow_fastchat(shared_data):
-    config = mt_bench.MTBenchConfig(questions=str(shared_data / "mt_bench" / "question.jsonl"),
+    config = mt_bench.Config(questions=str(shared_data / "mt_bench" / "question.jsonl"),
                                     references=str(shared_data / "mt_bench" / "reference_answer_gpt-4.jsonl"),
                                     judge_prompts=str(shared_data / "mt_bench" / "judge_prompts.jsonl"))
     questions, references, prompts = mt_bench.load(config)
@@ -437,4 +437,4 @@ def test_bad_eval_configs(tmp_path):
     bad = tmp_path / "baseline.json"
     bad.write_text(json.dumps([{"instruction": "i", "output": "o"}, {"instruction": "i2", "output": 3}]))
     with pytest.raises(InputError, match=r"baseline.json:row 2: field 'output'"):
-        alpaca_eval.load_rows(alpaca_eval.AlpacaEvalConfig(baseline=str(bad)))
+        alpaca_eval.load_rows(alpaca_eval.Config(baseline=str(bad)))

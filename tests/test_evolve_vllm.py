@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from autoevol_train.config import InputError
-from autoevol_train.data.decontam import BenchmarkSource
 from autoevol_train.data.writers import load_written_dataset
+from autoevol_train.eval import gsm8k, humaneval, mt_bench
 from autoevol_train.evol.evolve import EvolveConfig, run_evolve
 
 pytestmark = pytest.mark.slow
@@ -106,9 +106,9 @@ def test_filters_and_card_on_real_answers(tmp_path, shared_data, vllm_server):
     test_question = json.loads((shared_data / "gsm8k" / "test.jsonl").read_text().splitlines()[3])["question"]
     train = [json.loads(line) for line in (shared_data / "gsm8k" / "train.jsonl").read_text().splitlines()[:5]]
     seeds = train + [{"question": test_question, "answer": "#### 1"}, train[0]]
-    benchmarks = [BenchmarkSource(name="gsm8k", path=str(shared_data / "gsm8k" / "test.jsonl")),
-                  BenchmarkSource(name="humaneval", path=str(shared_data / "humaneval" / "HumanEval.jsonl.gz")),
-                  BenchmarkSource(name="mt_bench", path=str(shared_data / "mt_bench" / "question.jsonl"))]
+    benchmarks = [gsm8k.Config(path=str(shared_data / "gsm8k" / "test.jsonl")),
+                  humaneval.Config(path=str(shared_data / "humaneval" / "HumanEval.jsonl.gz")),
+                  mt_bench.Config(path=str(shared_data / "mt_bench" / "question.jsonl"))]
     config = _config(vllm_server, _write(tmp_path / "g.jsonl", seeds), domain="math", method="none",
                      respond_seeds=True, decontam={"benchmarks": [b.model_dump() for b in benchmarks]})
     dataset = run_evolve(config, tmp_path / "run")

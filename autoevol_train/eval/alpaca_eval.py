@@ -14,24 +14,31 @@ also writes `alpaca_eval_outputs.json` in AlpacaEval's format for its official a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 from pydantic import Field, PositiveInt
 
 from autoevol_train.config import InputError, StrictModel
 from autoevol_train.eval import load_prompt
+from autoevol_train.eval.records import BenchmarkResult, EvalContext
 
-__all__ = ["AlpacaEvalConfig", "load_rows", "judge_messages", "parse_verdict", "score", "length_controlled"]
+__all__ = ["NAME", "Config", "run", "decontamination_texts", "load_rows", "judge_messages", "parse_verdict",
+           "score", "length_controlled"]
+
+NAME = "alpaca_eval"
 
 _VERDICT = re.compile(r"\[\[([ABC])\]\]")
 
 
-class AlpacaEvalConfig(StrictModel):
+class Config(StrictModel):
     """Instructions with a baseline's answers. Default: AlpacaEval's 805 with text-davinci-003's answers."""
 
+    name: Literal["alpaca_eval"] = "alpaca_eval"
     baseline: str = Field("tatsu-lab/alpaca_eval", description="a local .json/.jsonl of {instruction, output} "
                           "rows (AlpacaEval's format) or a hub dataset repository")
     hub_config: str = Field("alpaca_eval", description="the repository's <name>.json: alpaca_eval (AlpacaEval 1, "
@@ -44,7 +51,7 @@ class AlpacaEvalConfig(StrictModel):
     judge_max_tokens: PositiveInt = 1024
 
 
-def load_rows(config: AlpacaEvalConfig) -> list[dict[str, Any]]:
+def load_rows(config: Config) -> list[dict[str, Any]]:
     path = Path(config.baseline)
     if path.suffix in (".json", ".jsonl") or path.exists():
         if not path.is_file():
@@ -66,7 +73,26 @@ def load_rows(config: AlpacaEvalConfig) -> list[dict[str, Any]]:
     return rows[: config.limit]
 
 
-def judge_messages(config: AlpacaEvalConfig, instruction: str, output_a: str, output_b: str
+def decontamination_texts(config: Config) -> Iterator[tuple[str, str]]:
+    """Every instruction (the baseline's answers are not the benchmark): what a training row must not contain."""
+    for index, row in enumerate(load_rows(config)):
+        yield f"alpaca-{index}", row["instruction"]
+
+
+class Record(TypedDict):
+    """One instruction: the model's answer, the baseline's, both judgements (model first, then second)."""
+
+    instruction: str
+    output: str
+    error: str | None
+    baseline: str
+    judgements: list[str]
+    verdicts: list[str | None]
+    score_model_first: float | None
+    score_model_second: float | None
+
+
+def judge_messages(config: Config, instruction: str, output_a: str, output_b: str
                    ) -> list[dict[str, str]]:
     system = (Path(config.system_prompt_file).read_text() if config.system_prompt_file
               else load_prompt("alpaca_pairwise_system.txt"))
@@ -91,7 +117,7 @@ def model_score(verdict: str | None, model_position: str) -> float | None:
     return 1.0 if verdict == model_position else 0.0
 
 
-def score(records: list[dict[str, Any]]) -> dict[str, Any]:
+def score(records: list[Record]) -> dict[str, Any]:
     values = [v for r in records for v in (r["score_model_first"], r["score_model_second"]) if v is not None]
     first = [r["score_model_first"] for r in records if r["score_model_first"] is not None]
     second = [r["score_model_second"] for r in records if r["score_model_second"] is not None]
@@ -104,7 +130,7 @@ def score(records: list[dict[str, Any]]) -> dict[str, Any]:
             "n": len(records)}
 
 
-def length_controlled(records: list[dict[str, Any]], model_name: str, judge_name: str) -> dict[str, Any]:
+def length_controlled(records: list[Record], model_name: str, judge_name: str) -> dict[str, Any]:
     """AlpacaEval 2's length-controlled win rate through the `alpaca-eval` package, when it is installed."""
     try:
         from alpaca_eval.metrics import get_length_controlled_winrate
@@ -122,3 +148,34 @@ def length_controlled(records: list[dict[str, Any]], model_name: str, judge_name
     except Exception as exc:  # noqa: BLE001 - the package's GLM may refuse an instruction set; say why
         return {"length_controlled_win_rate": None, "note": f"alpaca-eval: {type(exc).__name__}: {exc}"[:300]}
     return {"length_controlled_win_rate": float(metrics["length_controlled_winrate"]), "note": "alpaca-eval"}
+
+
+async def run(config: Config, context: EvalContext) -> BenchmarkResult:
+    """Greedy answers, each judged against the baseline's answer in both orders."""
+    model, judge = context.pool["model"], context.pool["judge"]
+
+    async def one(row: dict[str, Any]) -> Record:
+        answer = await model.chat_one([{"role": "user", "content": row["instruction"]}], temperature=0.0, top_p=1.0,
+                                      max_tokens=config.max_tokens)
+        orders = ((answer.text, row["output"]), (row["output"], answer.text))
+        first, second = await asyncio.gather(*[
+            judge.chat_one(judge_messages(config, row["instruction"], a, b), temperature=0.0, top_p=1.0,
+                           max_tokens=config.judge_max_tokens) for a, b in orders])
+        verdicts = [parse_verdict(first.text), parse_verdict(second.text)]
+        return Record(instruction=row["instruction"], output=answer.text, error=answer.error, baseline=row["output"],
+                      judgements=[first.text, second.text], verdicts=verdicts,
+                      score_model_first=model_score(verdicts[0], "A"),
+                      score_model_second=model_score(verdicts[1], "B"))
+
+    records = await context.ordered(load_rows(config), one, NAME)
+    metrics = score(records)
+    lc = length_controlled(records, context.model_name, judge.model)
+    metrics["length_controlled_win_rate"] = lc["length_controlled_win_rate"]
+    protocol = {"judge": judge.model, "judge_temperature": 0.0, "baseline": config.baseline,
+                "judge_prompt": config.prompt_file or "prompts/alpaca_pairwise_*.txt",
+                "orders": "both (model as A, then as B)", "tie": 0.5, "decoding": "greedy",
+                "max_tokens": config.max_tokens, "length_controlled": lc["note"]}
+    outputs = [{"instruction": r["instruction"], "output": r["output"], "generator": context.model_name}
+               for r in records]  # AlpacaEval's format, for its own annotators
+    return BenchmarkResult(metrics, protocol, records,
+                           {"alpaca_eval_outputs.json": json.dumps(outputs, indent=1, ensure_ascii=False)})

