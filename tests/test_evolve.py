@@ -231,3 +231,58 @@ def test_unreadable_benchmark_fails_before_any_llm_call(tmp_path, scripted_serve
     with pytest.raises(InputError, match=r"decontamination: gsm8k: cannot load 'openai/gsm8k'"):
         run_evolve(config, tmp_path / "run")
     assert server.counters.requests == 0
+
+
+AGREE_CASES = {  # cue → (what the evol LLM writes, what the answer is)
+    "ok": ("good", "A careful answer that walks through every part of the task."),
+    "nolabel": ("Step 1 #Methods List#: none", None), "same": ("same", None), "copy": ("copy", None),
+    "evoltrunc": (Reply("Step 1 #Methods", finish_reason="length"), None), "evol400": (Reply(status=400), None),
+    "ask": ("good", "Sure, which item do you mean?"), "provide": ("good", "I can; please provide the item."),
+    "sorry": ("good", "Sorry, I cannot."), "punct": ("good", "... ?!"),
+    "anstrunc": ("good", Reply("Part", finish_reason="length")), "ans400": ("good", Reply(status=400)),
+}
+
+
+def agree_rule(body: dict, index: int) -> Reply | str:
+    """Evol prompts: per cue, a good rewrite, no label, an unchanged or prompt-copying one, a cut or failed
+    call. Answers (with or without a system prompt): per cue, fine, asking back, ..., a cut or failed call."""
+    if body["model"] == "optimizer-model":
+        return "No method block today."
+    last = body["messages"][-1]["content"]
+    case = re.search(r"CASE-(\w+)", last).group(1)
+    evol, answer = AGREE_CASES[case]
+    if "#Instruction#:\n" not in last:
+        return answer
+    instruction = last.rpartition("#Instruction#:\n")[2]
+    if evol == "good" or evol == "copy":
+        return f"Step 4 #Finally Rewritten Instruction#: {instruction} " + (
+            "Explain every step." if evol == "good" else "Follow the given prompt.")
+    return f"Step 4 #Finally Rewritten Instruction#: {instruction}" if evol == "same" else evol
+
+
+def test_optimize_lambda_and_evolve_filter_decide_alike(tmp_path, scripted_server):
+    """λ's failure decisions and the evolve stage's filter are the same code (`evolve_once`): on the same
+    evolutions and answers they give the same reason for every dev item, success or failure of each kind."""
+    from autoevol_train.evol.optimize import OptimizeConfig, run_optimize
+
+    server = scripted_server(agree_rule)
+    seeds = _seeds(tmp_path / "s.jsonl", [{"instruction": f"Task {i} CASE-{case}: describe item {i}."}
+                                          for i in range(5) for case in AGREE_CASES])
+    rules = {"elimination": True}
+    optimize = OptimizeConfig.model_validate({
+        "seeds": {"path": seeds}, "pool_size": 60, "dev_size": 50, "batch_size": 10, "trajectory_rounds": 1,
+        "candidates": 1, "steps": 1, "failures": rules,
+        "llm": {"evol": {"model": "evol-model", "base_urls": [server.base_url]},
+                "optimizer": {"model": "optimizer-model", "base_urls": [server.base_url]}}})
+    run_optimize(optimize, tmp_path / "optimize")
+    lam = {r["original"]: r["reason"] for r in
+           map(json.loads, (tmp_path / "optimize" / "dev" / "step01.jsonl").read_text().splitlines())}
+    dataset = run_evolve(_config(server.base_url, seeds, failures=rules, dedup={"exact": False, "near": False},
+                                 llm={"evol": {"model": "evol-model", "base_urls": [server.base_url]}}),
+                         tmp_path / "evolve")
+    filtered = {r["instruction"]: r["reason"] for r in _rejects(dataset)}
+    filtered |= {row["evolved_from"][0]: None for row in load_written_dataset(dataset, split="train")}
+    assert len(lam) == 50 and {k: filtered[k] for k in lam} == lam
+    assert set(lam.values()) == {None, "parse_failure", "unchanged", "copied_prompt_words", "evol_truncated",
+                                 "evol_request_failed", "response_asks_back", "response_please_provide",
+                                 "short_sorry", "punctuation_only", "response_truncated", "response_request_failed"}

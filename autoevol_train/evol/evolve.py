@@ -36,10 +36,11 @@ from autoevol_train.data.decontam import DecontamConfig, Decontaminator
 from autoevol_train.data.dedup import DedupConfig
 from autoevol_train.data.formats import LoadReport, SeedSource, iter_seed_rows
 from autoevol_train.data.parts import PartWriter, completed_keys
-from autoevol_train.evol.failures import FailureRules, check_evolution, evol_failure, judge_equal
-from autoevol_train.evol.methods import (EvolvingMethod, evol_instruct_methods, initial_method, load_method,
-                                         load_prompt, weak_method)
-from autoevol_train.evol.parse import extract_evolved
+from autoevol_train.evol.attempt import evolve_once
+from autoevol_train.evol.failures import FailureRules
+from autoevol_train.evol.methods import (EvolvingMethod, evol_instruct_methods, load_method, load_prompt,
+                                         starting_method)
+from autoevol_train.evol.records import EvolvedRow, ItemRecord, Reject
 from autoevol_train.llm.client import LLMClient, LLMPool, Progress, RoleConfig
 from autoevol_train.llm.journal import Journal
 from autoevol_train.llm.scheduler import stream_map
@@ -103,15 +104,11 @@ class EvolveConfig(StrictModel):
 
 def build_methods(config: EvolveConfig) -> list[EvolvingMethod]:
     """The methods an item can be evolved with (one drawn per item and round when there are several)."""
-    if config.method == "file":
-        return [load_method(config.method_file)]  # type: ignore[arg-type]
-    if config.method == "initial":
-        return [initial_method()]
-    if config.method == "weak":
-        return [weak_method()]
     if config.method == "evol-instruct":
         return evol_instruct_methods(config.domain)
-    return []
+    if config.method == "file":
+        return [load_method(config.method_file)]  # type: ignore[arg-type]
+    return [starting_method(config.method)] if config.method != "none" else []
 
 
 def _user_turns(messages: Messages) -> list[str]:
@@ -137,15 +134,14 @@ class ItemEvolver:
             return self.methods[0]
         return random.Random(f"{self.config.seed}:{seed_index}:{round_number}").choice(self.methods)
 
-    async def respond(self, conversation: Messages, instruction: str) -> Completion:
-        """The responder's answer to `instruction` after `conversation` (system prompt: the seed's, else ours)."""
+    def context(self, conversation: Messages) -> Messages:
+        """What the responder sees before an instruction: the seed's system prompt (else ours) and the turns so far."""
         system = _system(conversation) or [{"role": "system", "content": self.system_prompt}]
-        history = [m for m in conversation if m["role"] != "system"]
-        return await self.responder.chat_one(system + history + [{"role": "user", "content": instruction}])
+        return system + [m for m in conversation if m["role"] != "system"]
 
     def _row(self, seed: dict[str, Any], seed_index: int, round_number: int, method: EvolvingMethod | None,
              messages: Messages, evolved_from: list[str], evol_calls: list[Completion],
-             responses: list[Completion]) -> dict[str, Any]:
+             responses: list[Completion]) -> EvolvedRow:
         return {
             "id": f"{seed['id']}/r{round_number}", "messages": messages, "seed_id": seed["id"],
             "seed_index": seed_index, "source": seed["source"], "round": round_number,
@@ -161,7 +157,7 @@ class ItemEvolver:
         }
 
     async def evolve_round(self, seed: dict[str, Any], seed_index: int, round_number: int, previous: Messages
-                           ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+                           ) -> tuple[EvolvedRow | None, Reject | None]:
         """Evolve `previous` (round r-1's conversation) once: (row, None) on success, (None, reject) else."""
         method = self.method_for(seed_index, round_number)
         conversation = _system(previous)
@@ -169,36 +165,20 @@ class ItemEvolver:
         responses: list[Completion] = []
         originals = _user_turns(previous)
         for turn, instruction in enumerate(originals, start=1):
-            call = await self.evol.chat_one([{"role": "user", "content": method.render(instruction)}])
-            evol_calls.append(call)
-            reason = evol_failure(call)
-            evolved = None
-            if reason is None:
-                evolved = extract_evolved(call.text, method)
-                reason = check_evolution(instruction, evolved, None, self.config.failures)
-            if reason is None and self.config.failures.llm_equal_judge:
-                if await judge_equal(self.evol, instruction, evolved):  # type: ignore[arg-type]
-                    reason = "equal_to_original"
-            response = None
-            if reason is None:
-                response = await self.respond(conversation, evolved)  # type: ignore[arg-type]
-                responses.append(response)
-                reason = check_evolution(instruction, evolved, response, self.config.failures)
-            if reason is not None:
-                return None, {
-                    "seed_id": seed["id"], "seed_index": seed_index, "round": round_number, "turn": turn,
-                    "reason": reason, "method_id": method.id, "method_name": method.name,
-                    "instruction": instruction, "evol_output": call.text, "evolved": evolved,
-                    "response": response.text if response is not None else None,
-                    "error": (response.error if response is not None else None) or call.error,
-                }
-            conversation += [{"role": "user", "content": evolved},  # type: ignore[list-item]
-                             {"role": "assistant", "content": response.text}]  # type: ignore[union-attr]
+            attempt = await evolve_once(self.evol, method, instruction, self.config.failures,
+                                        responder=self.responder, context=self.context(conversation))
+            if attempt.reason is not None:
+                return None, _reject(seed, seed_index, round_number, turn, method, attempt.reason, instruction,
+                                     attempt.evol_call.text, attempt.evolved, attempt.response, attempt.error)
+            assert attempt.evolved is not None and attempt.response is not None
+            evol_calls.append(attempt.evol_call)
+            responses.append(attempt.response)
+            conversation += [{"role": "user", "content": attempt.evolved},
+                             {"role": "assistant", "content": attempt.response.text}]
         row = self._row(seed, seed_index, round_number, method, conversation, originals, evol_calls, responses)
         return row, None
 
-    async def seed_row(self, seed: dict[str, Any], seed_index: int
-                       ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    async def seed_row(self, seed: dict[str, Any], seed_index: int) -> tuple[EvolvedRow | None, Reject | None]:
         """The seed arm: the seed as it is, or answered turn by turn where it has no answer (or when asked)."""
         messages = seed["messages"]
         answered = sum(m["role"] == "assistant" for m in messages) == len(_user_turns(messages))
@@ -207,21 +187,23 @@ class ItemEvolver:
         conversation = _system(messages)
         responses = []
         for turn, instruction in enumerate(_user_turns(messages), start=1):
-            response = await self.respond(conversation, instruction)
+            response = await self.responder.chat_one(self.context(conversation)
+                                                     + [{"role": "user", "content": instruction}])
             responses.append(response)
             if not response.ok:
-                return None, {"seed_id": seed["id"], "seed_index": seed_index, "round": 0, "turn": turn,
-                              "reason": "response_request_failed" if response.error.startswith("request_failed")
-                              else f"response_{response.error}",
-                              "instruction": instruction, "response": response.text, "error": response.error}
+                reason = ("response_request_failed" if response.error.startswith("request_failed")
+                          else f"response_{response.error}")
+                return None, _reject(seed, seed_index, 0, turn, None, reason, instruction, None, None, response,
+                                     response.error)
             conversation += [{"role": "user", "content": instruction},
                              {"role": "assistant", "content": response.text}]
         return self._row(seed, seed_index, 0, None, conversation, [], [], responses), None
 
-    async def item(self, indexed: tuple[int, dict[str, Any]]) -> dict[str, Any]:
+    async def item(self, indexed: tuple[int, dict[str, Any]]) -> ItemRecord:
         """One seed through every round: the record written to the parts store."""
         seed_index, seed = indexed
-        rows, rejects = [], []
+        rows: list[EvolvedRow] = []
+        rejects: list[Reject] = []
         if not self.methods:
             row, reject = await self.seed_row(seed, seed_index)
             rows, rejects = [row] if row else [], [reject] if reject else []
@@ -234,8 +216,17 @@ class ItemEvolver:
                     break
                 rows.append(row)
                 previous = row["messages"]  # type: ignore[index]
-        return {"seed_index": seed_index, "seed_id": seed["id"], "seed": seed["messages"], "rows": rows,
-                "rejects": rejects}
+        return ItemRecord(seed_index=seed_index, seed_id=seed["id"], seed=seed["messages"], rows=rows,
+                          rejects=rejects)
+
+
+def _reject(seed: dict[str, Any], seed_index: int, round_number: int, turn: int, method: EvolvingMethod | None,
+            reason: str, instruction: str, evol_output: str | None, evolved: str | None,
+            response: Completion | None, error: str | None) -> Reject:
+    return Reject(seed_id=seed["id"], seed_index=seed_index, round=round_number, turn=turn, reason=reason,
+                  method_id=method.id if method else "none", method_name=method.name if method else "none",
+                  instruction=instruction, evol_output=evol_output, evolved=evolved,
+                  response=response.text if response is not None else None, error=error)
 
 
 def _roles(config: EvolveConfig) -> dict[str, RoleConfig]:

@@ -1,22 +1,8 @@
 """Did an evolution fail? One place for the paper's failure detector F and Evol-Instruct's elimination.
 
 The optimize stage counts failures to score methods (the failure rate λ) and the evolve stage drops failed
-items from the dataset; both ask `check_evolution`, which answers with a reason code (or None for a
-success), so every count in a report says *why*:
-
-| code | meaning |
-|---|---|
-| evol_request_failed / evol_truncated / evol_empty | the evol call itself gave nothing usable (`evol_failure`) |
-| parse_failure | no final label in a labelled answer, or a plain answer that is empty or leaks prompt labels |
-| unchanged | the evolved instruction equals the original (elimination: no information gain) |
-| equal_to_original | the optional LLM judge says original and evolution are "Equal" (caller runs `judge_equal`) |
-| copied_prompt_words | the evolved text copies the method's words ("given prompt", "#Rewritten Instruction#") |
-| response_request_failed / response_truncated / response_empty | the answer call gave nothing usable |
-| response_asks_back | F: the answer starts like "Sure"/"What"/"Understood"... and ends with "?" |
-| response_please_provide | F: the answer contains "please provide" (information was lost in the rewrite) |
-| response_not_possible | F, official-code addition: the answer says "not possible" |
-| short_sorry | elimination: the answer contains "sorry" and is short (< 80 words) |
-| punctuation_only | elimination: the answer holds only punctuation and stop words |
+items from the dataset; both ask `check_evolution` (through `attempt.evolve_once`), which answers with a
+reason code (or None for a success), so every count in a report says *why*; docs/optimize.md lists the codes.
 
 Defaults are the paper's F plus Evol-Instruct's elimination; `official_code_additions` adds the rules the
 authors' code added; every list of words is configurable.

@@ -25,8 +25,8 @@ from typing import Literal
 
 from autoevol_train.config import InputError
 
-__all__ = ["EvolvingMethod", "initial_method", "weak_method", "evol_instruct_methods", "load_method",
-           "load_prompt", "fill"]
+__all__ = ["EvolvingMethod", "initial_method", "weak_method", "evol_instruct_methods", "starting_method",
+           "load_method", "load_prompt", "fill"]
 
 INSTRUCTION_LABEL = "#Instruction#:"
 _SLOT = re.compile(r"\{(\w+)\}")
@@ -99,6 +99,11 @@ def evol_instruct_methods(domain: str) -> list[EvolvingMethod]:
         return [EvolvingMethod(f"evol-instruct/code-{name}", fill(code, method=sentence).strip(), "plain")
                 for name, sentence in _named_lines("code_evol_methods")]
     raise InputError(f"domain {domain!r}: expected one of 'chat', 'math', 'code'")
+
+
+def starting_method(spec: str) -> EvolvingMethod:
+    """'initial' (the universal method), 'weak' (the ablation method) or the path of a method text file."""
+    return initial_method() if spec == "initial" else weak_method() if spec == "weak" else load_method(spec)
 
 
 def load_method(path: str | Path) -> EvolvingMethod:

@@ -33,10 +33,10 @@ from typing import Any, Literal
 from pydantic import Field, PositiveFloat, PositiveInt
 
 from autoevol_train.config import InputError, StrictModel
-from autoevol_train.evol.failures import FailureRules, check_evolution, evol_failure, judge_equal
-from autoevol_train.evol.methods import (INSTRUCTION_LABEL, EvolvingMethod, fill, initial_method, load_method,
-                                         load_prompt, weak_method)
-from autoevol_train.evol.parse import extract_evolved
+from autoevol_train.evol.attempt import Attempt, evolve_once, evolve_text, tokens
+from autoevol_train.evol.failures import FailureRules
+from autoevol_train.evol.methods import INSTRUCTION_LABEL, EvolvingMethod, fill, load_prompt, starting_method
+from autoevol_train.evol.records import DevRow, HistoryRow
 from autoevol_train.data.formats import SeedSource, iter_seed_rows
 from autoevol_train.llm.client import LLMClient, LLMPool, Progress, RoleConfig
 from autoevol_train.llm.journal import Journal
@@ -124,21 +124,6 @@ def extract_optimized_method(reply: str) -> str | None:
 
 # --- one step's pieces -------------------------------------------------------------------------------------
 
-def _tokens(*completions: Completion | None) -> int:
-    return sum(c.prompt_tokens + c.completion_tokens for c in completions if c is not None)
-
-
-async def _evolve(client: LLMClient, method: EvolvingMethod, instruction: str
-                  ) -> tuple[Completion, str | None, str | None]:
-    """One evolution: (completion, evolved instruction or None, reason when the call or parse failed)."""
-    completion = await client.chat_one([{"role": "user", "content": method.render(instruction)}])
-    reason = evol_failure(completion)
-    evolved = None if reason else extract_evolved(completion.text, method)
-    if reason is None and evolved is None:
-        reason = "parse_failure"
-    return completion, evolved, reason
-
-
 async def _trajectory(client: LLMClient, method: EvolvingMethod, batch: list[str], rounds: int,
                       max_in_flight: int) -> tuple[list[dict[str, Any]], list[list[str]], int]:
     """The mini-batch evolved `rounds` times: what the optimizer sees ({id, stage0, stage1, ...}), the raw
@@ -146,16 +131,16 @@ async def _trajectory(client: LLMClient, method: EvolvingMethod, batch: list[str
 
     async def evolve_item(index: int) -> tuple[dict[str, Any], list[str], int]:
         record: dict[str, Any] = {"id": index + 1, "stage0": batch[index]}
-        raw, tokens, current = [], 0, batch[index]
+        raw, spent, current = [], 0, batch[index]
         for stage in range(1, rounds + 1):
-            completion, evolved, reason = await _evolve(client, method, current)
+            completion, evolved, reason = await evolve_text(client, method, current)
             raw.append(completion.text)
-            tokens += _tokens(completion)
+            spent += tokens(completion)
             if evolved is None:
                 record[f"stage{stage}"] = f"[no usable rewrite: {reason}]"
                 break
             record[f"stage{stage}"] = current = evolved
-        return record, raw, tokens
+        return record, raw, spent
 
     results: list[Any] = [None] * len(batch)
     async for index, result in stream_map(range(len(batch)), evolve_item, max_in_flight):
@@ -186,29 +171,19 @@ async def _propose(client: LLMClient, method: EvolvingMethod, trajectory: list[d
 
     async def optimise(index: int, analysis: Completion) -> Proposal:
         if not analysis.ok:
-            return Proposal(index, analysis.text, "", None, f"analysis_failed: {analysis.error}", _tokens(analysis))
+            return Proposal(index, analysis.text, "", None, f"analysis_failed: {analysis.error}", tokens(analysis))
         reply = await client.chat_one(conversation + [{"role": "assistant", "content": analysis.text},
                                                       {"role": "user", "content": request}])
-        tokens = _tokens(analysis, reply)
+        spent = tokens(analysis, reply)
         if not reply.ok:
-            return Proposal(index, analysis.text, reply.text, None, f"optimization_failed: {reply.error}", tokens)
+            return Proposal(index, analysis.text, reply.text, None, f"optimization_failed: {reply.error}", spent)
         text = extract_optimized_method(reply.text)
         if text is None:
-            return Proposal(index, analysis.text, reply.text, None, "no_method_block", tokens)
+            return Proposal(index, analysis.text, reply.text, None, "no_method_block", spent)
         candidate = EvolvingMethod(f"step{step}/cand{index}", text, method.format)
-        return Proposal(index, analysis.text, reply.text, candidate, "ok", tokens)
+        return Proposal(index, analysis.text, reply.text, candidate, "ok", spent)
 
     return list(await asyncio.gather(*(optimise(i, a) for i, a in enumerate(analyses))))
-
-
-@dataclass
-class DevResult:
-    original: str
-    evol_output: str
-    evolved: str | None
-    response: str | None
-    reason: str | None
-    tokens: int
 
 
 @dataclass
@@ -216,7 +191,7 @@ class Evaluation:
     """One method on the dev set."""
 
     method: EvolvingMethod
-    results: list[DevResult] = field(default_factory=list)
+    results: list[Attempt] = field(default_factory=list)
 
     @property
     def failures(self) -> dict[str, int]:
@@ -233,28 +208,18 @@ class Evaluation:
         good = [r for r in self.results if r.reason is None]
         if not good:
             return 0.0
-        response_words = sum(len((r.response or "").split()) for r in good) / len(good)
+        response_words = sum(len(r.response.text.split()) for r in good if r.response) / len(good)
         instruction_words = max(sum(len((r.evolved or "").split()) for r in good) / len(good), 1.0)
         return -(len(good) / len(self.results)) * response_words / instruction_words
 
 
 async def _evaluate(client: LLMClient, methods: list[EvolvingMethod], dev: list[str], rules: FailureRules,
                     max_in_flight: int, desc: str, pool: LLMPool) -> list[Evaluation]:
-    """Every method evolves every dev item once; the evol LLM answers each usable evolution; F decides."""
+    """Every method evolves every dev item once; the evol LLM answers each usable evolution with no system
+    prompt (the paper's λ); the same `evolve_once` as the evolve stage's filter decides."""
 
-    async def run(pair: tuple[int, int]) -> DevResult:
-        method, original = methods[pair[0]], dev[pair[1]]
-        completion, evolved, reason = await _evolve(client, method, original)
-        if reason is None:
-            reason = check_evolution(original, evolved, None, rules)
-        if reason is None and rules.llm_equal_judge and await judge_equal(client, original, evolved or ""):
-            reason = "equal_to_original"
-        response = None
-        if reason is None:
-            response = await client.chat_one([{"role": "user", "content": evolved}])
-            reason = check_evolution(original, evolved, response, rules)
-        return DevResult(original, completion.text, evolved, response.text if response else None, reason,
-                         _tokens(completion, response))
+    async def run(pair: tuple[int, int]) -> Attempt:
+        return await evolve_once(client, methods[pair[0]], dev[pair[1]], rules, responder=client, context=[])
 
     evaluations = [Evaluation(m, [None] * len(dev)) for m in methods]  # type: ignore[list-item]
     pairs = [(mi, di) for mi in range(len(methods)) for di in range(len(dev))]
@@ -267,14 +232,6 @@ async def _evaluate(client: LLMClient, methods: list[EvolvingMethod], dev: list[
 
 # --- the loop ----------------------------------------------------------------------------------------------
 
-def _starting_method(config: OptimizeConfig) -> EvolvingMethod:
-    if config.initial_method == "initial":
-        return initial_method()
-    if config.initial_method == "weak":
-        return weak_method()
-    return load_method(config.initial_method)
-
-
 @dataclass
 class LoopState:
     incumbent: EvolvingMethod
@@ -284,13 +241,13 @@ class LoopState:
     stop_reason: str | None = None
 
 
-def _read_history(path: Path) -> list[dict[str, Any]]:
+def _read_history(path: Path) -> list[HistoryRow]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _advance(state: LoopState, rows: list[dict[str, Any]], method: EvolvingMethod, config: OptimizeConfig) -> None:
+def _advance(state: LoopState, rows: list[HistoryRow], method: EvolvingMethod, config: OptimizeConfig) -> None:
     """Apply one finished step's rows (the `selected` row and its method) to the state, then decide on stopping."""
     selected = next(r for r in rows if r["selected"])
     state.steps_done = rows[0]["step"]
@@ -307,7 +264,7 @@ def _advance(state: LoopState, rows: list[dict[str, Any]], method: EvolvingMetho
         state.stop_reason = "max_steps"
 
 
-def _selected_method(rows: list[dict[str, Any]], state: LoopState, run_path: Path) -> EvolvingMethod:
+def _selected_method(rows: list[HistoryRow], state: LoopState, run_path: Path) -> EvolvingMethod:
     """The method a finished step kept: the incumbent, or the winning candidate read back from its file (so a
     resumed run and an uninterrupted one continue from the very same text)."""
     selected = next(r for r in rows if r["selected"])
@@ -317,7 +274,7 @@ def _selected_method(rows: list[dict[str, Any]], state: LoopState, run_path: Pat
     return EvolvingMethod(selected["name"], text, state.incumbent.format)
 
 
-def _replay(history: list[dict[str, Any]], start: EvolvingMethod, config: OptimizeConfig,
+def _replay(history: list[HistoryRow], start: EvolvingMethod, config: OptimizeConfig,
             run_path: Path) -> LoopState:
     state = LoopState(start)
     for step in sorted({r["step"] for r in history}):
@@ -336,18 +293,19 @@ def _step_samples(config: OptimizeConfig, step: int, train: list[str], pool: lis
     return batch, dev
 
 
-def _dev_rows(label: str, evaluation: Evaluation) -> list[dict[str, Any]]:
-    return [{"candidate": label, "method_id": evaluation.method.id, "index": i, "original": r.original,
-             "evol_output": r.evol_output, "evolved": r.evolved, "response": r.response, "reason": r.reason}
+def _dev_rows(label: str, evaluation: Evaluation) -> list[DevRow]:
+    return [DevRow(candidate=label, method_id=evaluation.method.id, index=i, original=r.original,
+                   evol_output=r.evol_call.text, evolved=r.evolved,
+                   response=r.response.text if r.response else None, reason=r.reason)
             for i, r in enumerate(evaluation.results)]
 
 
-def _jsonl(rows: list[dict[str, Any]]) -> str:
+def _jsonl(rows: list[Any]) -> str:
     return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
 async def _run_step(config: OptimizeConfig, pool: LLMPool, state: LoopState, step: int, batch: list[str],
-                    dev: list[str], run_path: Path) -> list[dict[str, Any]]:
+                    dev: list[str], run_path: Path) -> list[HistoryRow]:
     """One step: writes the trajectory, the candidates and the dev details; returns the history rows."""
     started = time.monotonic()
     evol, incumbent = pool["evol"], state.incumbent
@@ -380,35 +338,30 @@ async def _run_step(config: OptimizeConfig, pool: LLMPool, state: LoopState, ste
         dev_rows += _dev_rows(str(index), evaluation)
     write_atomic(run_path / "dev" / f"{prefix}.jsonl", _jsonl(dev_rows))
     phases = {"trajectory": round(trajectory_s, 3), "optimizer": round(optimizer_s, 3), "dev": round(dev_s, 3)}
-    rows = [{
-        "step": step, "candidate": "incumbent", "name": incumbent.name, "method_id": incumbent.id,
-        "parent_id": incumbent.id, "status": "ok", "feedback": None, "lambda": incumbent_eval_done.failure_rate,
-        "score": incumbent_score, "n_dev": len(dev), "failures": incumbent_eval_done.failures,
-        "selected": winner is None, "method_file": None,
-        "tokens": {"trajectory": trajectory_tokens, "optimizer": 0,
-                   "dev": sum(r.tokens for r in incumbent_eval_done.results)},
-        "wall_s": round(wall_s, 3), "phase_s": phases,
-    }]
+
+    def row(candidate: int | str, name: str, method_id: str | None, status: str, feedback: str | None,
+            evaluation: Evaluation | None, method_file: str | None, spent: dict[str, int]) -> HistoryRow:
+        return {"step": step, "candidate": candidate, "name": name, "method_id": method_id,
+                "parent_id": incumbent.id, "status": status, "feedback": feedback,
+                "lambda": evaluation.failure_rate if evaluation else None,
+                "score": evaluation.score(config.selection) if evaluation else None, "n_dev": len(dev),
+                "failures": evaluation.failures if evaluation else {},
+                "selected": candidate == ("incumbent" if winner is None else winner), "method_file": method_file,
+                "tokens": {**spent, "dev": sum(a.tokens for a in evaluation.results) if evaluation else 0},
+                "wall_s": round(wall_s, 3), "phase_s": phases}
+
+    rows = [row("incumbent", incumbent.name, incumbent.id, "ok", None, incumbent_eval_done, None,
+                {"trajectory": trajectory_tokens, "optimizer": 0})]
     for proposal in proposals:
-        evaluation = by_index.get(proposal.index)
         method_file = None
         if proposal.method is not None:
             method_file = f"methods/{prefix}_cand{proposal.index}.txt"
             write_atomic(run_path / method_file, proposal.method.text + "\n")
         write_atomic(run_path / "optimizer" / f"{prefix}_cand{proposal.index}.md",
                      f"# Analysis (feedback)\n\n{proposal.feedback}\n\n# Optimisation reply\n\n{proposal.reply}\n")
-        rows.append({
-            "step": step, "candidate": proposal.index, "name": f"step{step}/cand{proposal.index}",
-            "method_id": proposal.method.id if proposal.method else None, "parent_id": incumbent.id,
-            "status": proposal.status, "feedback": proposal.feedback,
-            "lambda": evaluation.failure_rate if evaluation else None,
-            "score": evaluation.score(config.selection) if evaluation else None, "n_dev": len(dev),
-            "failures": evaluation.failures if evaluation else {}, "selected": proposal.index == winner,
-            "method_file": method_file,
-            "tokens": {"trajectory": 0, "optimizer": proposal.tokens,
-                       "dev": sum(r.tokens for r in evaluation.results) if evaluation else 0},
-            "wall_s": round(wall_s, 3), "phase_s": phases,
-        })
+        rows.append(row(proposal.index, f"step{step}/cand{proposal.index}",
+                        proposal.method.id if proposal.method else None, proposal.status, proposal.feedback,
+                        by_index.get(proposal.index), method_file, {"trajectory": 0, "optimizer": proposal.tokens}))
     return rows
 
 
@@ -473,7 +426,7 @@ def run_optimize(config: OptimizeConfig, output_dir: Path) -> Path:
 
     Seeds and the starting method are checked before anything is written: bad input raises InputError."""
     seeds = _split_seeds(config)
-    start = _starting_method(config)
+    start = starting_method(config.initial_method)
     run_dir = RunDir(output_dir, "optimize", config)
     asyncio.run(_optimize(config, run_dir, seeds, start))
     return run_dir.path / "best_method.txt"
