@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from autoevol_train.config import InputError, StrictModel
 from autoevol_train.eval.run import EvalConfig, run_eval
@@ -48,10 +48,41 @@ class TinyModelConfig(StrictModel):
 
 
 class TrainStageConfig(StrictModel):
+    """The SFT recipe every arm trains with, checked against the installed TRL when the pipeline loads, so a
+    misspelt key fails in seconds instead of after optimize and evolve have run."""
+
     recipe: str = Field(description="SFT recipe (TrlParser YAML); the pipeline sets the dataset and output_dir")
     overrides: dict[str, Any] = Field({}, description="recipe keys to replace for every arm")
     accelerate: bool = Field(True, description="launch with `accelerate launch` and the recipe's accelerate "
                              "config; false: one plain process (CPU quickstart)")
+
+    # An InputError is a ValueError: pydantic reports its one line at the field's key path.
+    @field_validator("recipe")
+    @classmethod
+    def _recipe_keys_are_trl_fields(cls, recipe: str) -> str:
+        from autoevol_train.train.sft import check_recipe_keys
+
+        check_recipe_keys(Path(recipe))
+        return recipe
+
+    @field_validator("overrides")
+    @classmethod
+    def _recipe_with_overrides_parses(cls, overrides: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """Keys, then values, through the TrlParser path the training process takes; no model is loaded.
+        `use_cpu` is added for the check only: the devices are the training machine's business."""
+        from autoevol_train.train.sft import parse_recipe_mapping, read_recipe, unknown_keys
+
+        problem = unknown_keys(overrides)
+        if problem:
+            raise ValueError(problem)
+        if "recipe" in info.data:  # else the recipe's own error is already reported
+            recipe = {**read_recipe(Path(info.data["recipe"])), **overrides, **_ARM_RECIPE_KEYS}
+            parse_recipe_mapping(recipe, f"{info.data['recipe']} with these overrides", ["--use_cpu", "true"])
+        return overrides
+
+
+# Set per arm by the pipeline (placeholders while the config is checked on load).
+_ARM_RECIPE_KEYS = {"dataset_name": "<arm>/evolve/dataset", "output_dir": "<arm>/train/model"}
 
 
 DEFAULT_ARMS = [ArmConfig(name="seed", method="none"), ArmConfig(name="evol-instruct", method="evol-instruct"),

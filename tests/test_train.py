@@ -7,7 +7,10 @@ problems from ../shared/data written in the evolve stage's dataset layout.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -204,3 +207,31 @@ def test_packing_defaults_on_only_where_exact(tiny_llama):
     args = training_args.__class__(output_dir="unused", use_cpu=True, bf16=False, packing=True)
     with pytest.raises(InputError, match="packed examples would attend to each other"):
         resolve_packing(args, ModelConfig(attn_implementation="sdpa"))
+
+
+def test_misspelt_key_names_the_closest_field(tmp_path):
+    recipe = write_recipe(tmp_path / "sft.yaml", model_name_or_path="x", learning_rat=1e-5)
+    with pytest.raises(InputError, match=r"'learning_rat' \(did you mean 'learning_rate'\?\)"):
+        parse_recipe(recipe)
+
+
+def test_value_of_the_wrong_type_is_one_line(tmp_path):
+    recipe = write_recipe(tmp_path / "sft.yaml", model_name_or_path="x", learning_rate="fast")
+    with pytest.raises(InputError, match=r"sft.yaml: argument --learning_rate.*invalid float value: 'fast'$"):
+        parse_recipe(recipe)
+
+
+@pytest.mark.parametrize("command", [
+    ["scripts/run_sft.py", "--help"],
+    ["-m", "autoevol_train.cli", "train", "recipes/mistral-7b/math/sft.yaml", "--help"],
+], ids=["run_sft.py", "autoevol-train"])
+def test_help_lists_the_recipe_fields(command):
+    """argparse %-formats help strings: a Jinja tag in one used to crash --help."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, *command], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("usage:") == 1  # printed once, not once per launched rank
+    for field_name in ("--model_name_or_path", "--learning_rate", "--assistant_only_loss", "--chat_template_name",
+                       "--accelerate_config", "--datasets"):
+        assert field_name in result.stdout

@@ -19,7 +19,9 @@ A recipe is a TrlParser YAML (TRL's own shape: script arguments + `SFTConfig` + 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,34 +90,76 @@ def resolve_packing(training_args: SFTConfig, model_args: ModelConfig) -> None:
 DATACLASSES = (SFTScriptArguments, AutoEvolSFTConfig, ModelConfig, DatasetMixtureConfig)
 
 
+class RecipeParser(TrlParser):
+    """TrlParser whose argument errors (a value of the wrong type) are one-line `InputError`s, not a usage dump."""
+
+    def error(self, message: str):
+        raise InputError(message)
+
+
 def make_parser() -> TrlParser:
-    return TrlParser(DATACLASSES)
+    return RecipeParser(DATACLASSES)
 
 
-def check_recipe_keys(config_path: Path) -> dict:
-    """The recipe's YAML mapping, after checking every key is a field of the pinned TRL's dataclasses."""
+def read_recipe(config_path: Path) -> dict:
+    """The recipe's YAML mapping (not yet checked)."""
     try:
         recipe = yaml.safe_load(Path(config_path).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise InputError(f"{config_path}: cannot read the recipe: {exc}") from exc
     if not isinstance(recipe, dict):
         raise InputError(f"{config_path}: a recipe is a YAML mapping of SFTConfig/ModelConfig/script keys")
-    known = {f.name for cls in DATACLASSES for f in dataclasses.fields(cls)} | {"env"}
-    unknown = sorted(set(recipe) - known)
-    if unknown:
-        hints = [f"'{key}' (now {RENAMED_KEYS[key]})" if key in RENAMED_KEYS else f"'{key}'" for key in unknown]
-        raise InputError(f"{config_path}: unknown key(s) {', '.join(hints)}: not a field of TRL's SFTConfig, "
-                         f"ModelConfig or the script arguments in the installed TRL")
     return recipe
+
+
+def unknown_keys(keys: dict) -> str | None:
+    """What is wrong with a recipe's keys, or None: every key must be a field of the installed TRL's dataclasses
+    (a misspelt key names its closest field, a removed one its replacement)."""
+    known = {f.name for cls in DATACLASSES for f in dataclasses.fields(cls)} | {"env"}
+    unknown = sorted(set(keys) - known)
+    if not unknown:
+        return None
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, known, n=1)
+        hints.append(f"'{key}' (now {RENAMED_KEYS[key]})" if key in RENAMED_KEYS
+                     else f"'{key}' (did you mean '{close[0]}'?)" if close else f"'{key}'")
+    return (f"unknown key(s) {', '.join(hints)}: not a field of TRL's SFTConfig, ModelConfig or the script "
+            "arguments in the installed TRL")
+
+
+def check_recipe_keys(config_path: Path) -> dict:
+    """The recipe's YAML mapping, after checking every key is a field of the pinned TRL's dataclasses."""
+    recipe = read_recipe(config_path)
+    problem = unknown_keys(recipe)
+    if problem:
+        raise InputError(f"{config_path}: {problem}")
+    return recipe
+
+
+def _parse(config_path: Path, extra_args: list[str], source: str) -> tuple:
+    try:
+        return make_parser().parse_args_and_config(args=["--config", str(config_path), *extra_args])
+    except (ValueError, TypeError) as exc:  # InputError too: argparse's message, prefixed with the source
+        raise InputError(f"{source}: {exc}") from None
 
 
 def parse_recipe(config_path: Path, extra_args: list[str] = ()) -> tuple:
     """(script_args, training_args, model_args, mixture) exactly as the entry point sees them."""
     check_recipe_keys(config_path)
-    try:
-        return make_parser().parse_args_and_config(args=["--config", str(config_path), *extra_args])
-    except (ValueError, TypeError) as exc:
-        raise InputError(f"{config_path}: {exc}") from exc
+    return _parse(config_path, list(extra_args), str(config_path))
+
+
+def parse_recipe_mapping(recipe: dict, source: str, extra_args: list[str] = ()) -> tuple:
+    """`parse_recipe` for a recipe held in memory (e.g. a pipeline's recipe plus its overrides): the same
+    TrlParser path as the entry point, through a temporary file, without loading any model."""
+    problem = unknown_keys(recipe)
+    if problem:
+        raise InputError(f"{source}: {problem}")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "recipe.yaml"
+        path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+        return _parse(path, list(extra_args), source)
 
 
 def _local_dataset(path: str, split: str) -> DatasetConfig | None:
