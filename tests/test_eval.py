@@ -98,6 +98,74 @@ def test_gsm8k_documented_deviations_from_lm_eval(output, reference, lm_eval):
     assert ours["strict_correct"] and ours["flexible_correct"]
 
 
+# Parity with lm-eval's three GSM8K filters, the expected values worked out by hand from the task files' regexes
+# (gsm8k strict-match `#### (\-?[0-9\.\,]+)`, first match; gsm8k_cot strict-match `The answer is
+# (\-?[0-9\.\,]+).`, first match, whose final "." must eat one more character other than a newline;
+# flexible-extract `(-?[$0-9.,]{2,})|(-?[0-9]+)`, last match) and exact_match's normalisation (",", "$", up to
+# "#### ", one trailing "." removed; case ignored). "-" marks "[invalid]"; a trailing "+" a correct answer.
+# (model output, reference number, gsm8k strict-match, gsm8k_cot strict-match, flexible-extract)
+LM_EVAL_CASES = [
+    ("3 + 4 = 7\n#### 7", "7", "7+", "-", "7+"),
+    ("#### 1,200", "1200", "1,200+", "-", "1,200+"),
+    ("#### -3", "-3", "-3+", "-", "-3+"),
+    ("#### 7.", "7", "7.+", "-", "7.+"),
+    ("#### 7 apples, not 8", "8", "7", "-", "8+"),
+    ("No number here.", "5", "-", "-", "-"),
+    ("It costs $18.00 in total.", "18", "-", "-", "$18.00"),
+    ("It costs $18 in total.", "18", "-", "-", "$18+"),
+    ("The answer is 18.", "18", "-", "18+", "18.+"),
+    ("The answer is 18", "18", "-", "1", "18+"),
+    ("The answer is 18\nDone", "18", "-", "1", "18+"),
+    ("The answer is 5", "5", "-", "-", "5+"),
+    ("The answer is: 27", "27", "-", "-", "27+"),
+    ("The answer is $5.", "5", "-", "-", "$5.+"),
+    ("The answer is 1,234. Done", "1234", "-", "1,234.+", "1,234.+"),
+    ("The answer is -4 degrees.", "-4", "-", "-4+", "-4+"),
+    ("5 + 4 = 9. The answer is 9. Then 2 more.", "9", "-", "9.+", "2"),
+    ("I think the answer is 12.", "12", "-", "-", "12.+"),
+    ("Results: 3, 4, 5 and finally 60", "60", "-", "-", "60+"),
+    ("He walks 2.5 km then 3 km", "3", "-", "-", "3+"),
+    ("x = 10\ny = 20\n", "20", "-", "-", "20+"),
+    ("#### 12\n#### 13", "13", "12", "-", "13+"),
+    ("####12", "12", "-", "-", "12+"),
+    ("#### $12", "12", "-", "-", "$12+"),
+    ("The answer is 3.5.", "3.5", "-", "3.5+", "3.5.+"),
+    ("The answer is 0.5", "0.5", "-", "0.", "0.5+"),
+    ("The answer is 100 apples. #### 100", "100", "100+", "100+", "100+"),
+    ("The answer is 7 but #### 8", "8", "8+", "7", "8+"),
+    ("Total = 1000000", "1000000", "-", "-", "1000000+"),
+    ("The answer is ..", "5", "-", ".", ".."),
+    ("The answer is 42!", "42", "-", "42+", "42+"),
+    ("The answer is 1,000,000 dollars", "1000000", "-", "1,000,000+", "1,000,000+"),
+    ("#### -0.5", "-0.5", "-0.5+", "-", "-0.5+"),
+    ("The answer is 12,\n", "12", "-", "12+", "12,+"),
+    ("THE ANSWER IS 9.", "9", "-", "-", "9.+"),
+]
+
+
+@pytest.mark.parametrize("output, number, strict, cot_strict, flexible", LM_EVAL_CASES)
+def test_gsm8k_lm_eval_filters_parity(output, number, strict, cot_strict, flexible):
+    answer = f"Some working, 2 + 2 = 4, <<2+2=4>>4 so\n#### {number}"
+    ours = gsm8k.record({"question": "q", "answer": answer}, output, None)
+    for metric, field, expected in (("gsm8k/strict-match", "gsm8k_strict_match", strict),
+                                    ("gsm8k_cot/strict-match", "gsm8k_cot_strict_match", cot_strict),
+                                    ("flexible-extract", "flexible", flexible)):
+        extraction = "[invalid]" if expected == "-" else expected.removesuffix("+")
+        assert gsm8k.lm_eval_filter(metric, output) == ours[field] == extraction, metric
+        assert ours[field + "_correct"] == expected.endswith("+"), metric
+    assert gsm8k.score([ours])["gsm8k/strict-match"] == (100.0 if strict.endswith("+") else 0.0)
+
+
+def test_gsm8k_metrics_and_headline_follow_the_protocol():
+    outputs = ["So 12 in all.\nThe answer is: 12", "The answer is 12. #### 12", "12 + 0 = 12", "The answer is 9."]
+    records = [gsm8k.record({"question": "q", "answer": "#### 12"}, o, None) for o in outputs]
+    metrics = gsm8k.score(records)
+    assert metrics == {"strict": 50.0, "gsm8k/strict-match": 25.0, "gsm8k_cot/strict-match": 25.0,
+                       "flexible-extract": 75.0, "n": 4, "failed_requests": 0}
+    assert gsm8k.headline(gsm8k.Config()) == "strict"
+    assert gsm8k.headline(gsm8k.Config(protocol="8-shot-cot")) == "gsm8k_cot/strict-match"
+
+
 def test_gsm8k_prompts_and_real_references(shared_data):
     rows = gsm8k.load_rows(str(shared_data / "gsm8k" / "test.jsonl"))
     assert len(rows) == 1319

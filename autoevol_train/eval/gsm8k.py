@@ -5,14 +5,16 @@ to end on "The answer is: N" (`prompts/gsm8k_zero_shot.txt`; the paper's math re
 ``8-shot-cot`` gives the eight chain-of-thought exemplars lm-eval's ``gsm8k_cot`` uses as earlier chat turns
 ("Q: ...\\nA:" / the worked answer), as lm-eval does with ``--apply_chat_template --fewshot_as_multiturn``.
 
-Two extractions, both reported (chat models score very differently under them):
-- strict: the first number after ``#### `` (GSM8K's own format), "The answer is " (lm-eval's CoT strict-match)
-  or "The answer is: " (the paper's trained format). lm-eval's CoT pattern ends with a "." that must match one
-  more character, so at the end of a line or of the text it drops the answer's last digit ("The answer is
-  18\\n" gives "1"); we take the whole number there (the parity test lists these cases).
-- flexible: lm-eval's flexible-extract, the last match of ``(-?[$0-9.,]{2,})|(-?[0-9]+)``.
-Both the extraction and the reference (the text after "#### ") are normalised as lm-eval's exact_match
-does: commas, "$" and a trailing "." removed, lower-cased; then compared as strings.
+Four accuracies, all reported (chat models score very differently under them); the headline is `strict` for
+the zero-shot protocol and `gsm8k_cot/strict-match` for 8-shot-cot, and the protocol says so:
+- ``gsm8k/strict-match``, ``gsm8k_cot/strict-match``, ``flexible-extract``: lm-eval's filters exactly, with the
+  regexes of its task files (`LM_EVAL_FILTERS`) and its RegexFilter semantics (all matches, the first or the
+  last, the first non-empty group, stripped, "[invalid]" when none) and exact_match (",", "$", everything up
+  to "#### " and a trailing "." removed from prediction and target, case ignored). Mind the quirk of
+  gsm8k_cot's pattern: its final "." must consume one more character, so "The answer is 18" at the end of a
+  line or of the text extracts "1" (and "The answer is 5" there nothing).
+- ``strict`` (the project's): the first number after ``#### ``, "The answer is " or "The answer is: " (the
+  paper's trained format, which no lm-eval filter accepts), whole, normalised like exact_match.
 """
 
 from __future__ import annotations
@@ -30,15 +32,23 @@ from autoevol_train.eval import load_prompt
 from autoevol_train.eval.records import BenchmarkResult, EvalContext
 
 __all__ = ["NAME", "Config", "load", "run", "decontamination_texts", "extract_strict", "extract_flexible",
-           "normalise", "build_messages", "load_rows", "score", "HEADLINE"]
+           "lm_eval_filter", "exact_match", "normalise", "build_messages", "load_rows", "score", "headline"]
 
 NAME = "gsm8k"
 
 STRICT = re.compile(r"(?:#### |The answer is:? )(\-?[0-9\.\,]+)")
-FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
+# lm-eval's filter_list entries (lm_eval/tasks/gsm8k/gsm8k.yaml, gsm8k-cot.yaml): metric → (regex, group_select)
+LM_EVAL_FILTERS = {
+    "gsm8k/strict-match": (re.compile(r"#### (\-?[0-9\.\,]+)"), 0),
+    "gsm8k_cot/strict-match": (re.compile(r"The answer is (\-?[0-9\.\,]+)."), 0),
+    "flexible-extract": (re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)"), -1),
+}
+# lm-eval's exact_match regexes_to_ignore for both tasks, applied in this order
 _IGNORE = [re.compile(","), re.compile(r"\$"), re.compile(r"(?s).*#### "), re.compile(r"\.$")]
 INVALID = "[invalid]"  # lm-eval's fallback when a filter finds nothing (never equal to a reference)
-HEADLINE = "strict"
+# metric → the record's verdict field
+METRICS = {"strict": "strict_correct", "gsm8k/strict-match": "gsm8k_strict_match_correct",
+           "gsm8k_cot/strict-match": "gsm8k_cot_strict_match_correct", "flexible-extract": "flexible_correct"}
 
 
 class Config(StrictModel):
@@ -64,16 +74,37 @@ def normalise(text: str) -> str:
     return text.strip().lower()
 
 
+def exact_match(prediction: str, target: str) -> bool:
+    """lm-eval's exact_match as the GSM8K tasks configure it (regexes_to_ignore on both sides, ignore_case)."""
+    for pattern in _IGNORE:
+        prediction, target = pattern.sub("", prediction), pattern.sub("", target)
+    return prediction.lower() == target.lower()
+
+
+def lm_eval_filter(metric: str, text: str) -> str:
+    """lm-eval's RegexFilter with the pattern and group_select of `metric` (a key of LM_EVAL_FILTERS)."""
+    pattern, group_select = LM_EVAL_FILTERS[metric]
+    matches = pattern.findall(text)
+    if not matches:
+        return INVALID
+    match = matches[group_select]
+    if isinstance(match, tuple):  # several groups: the first that matched
+        match = next((group for group in match if group), INVALID)
+    return match.strip()
+
+
 def extract_strict(text: str) -> str:
     match = STRICT.search(text)
     return match.group(1).strip() if match else INVALID
 
 
 def extract_flexible(text: str) -> str:
-    matches = FLEXIBLE.findall(text)
-    if not matches:
-        return INVALID
-    return next(group for group in matches[-1] if group).strip()
+    return lm_eval_filter("flexible-extract", text)
+
+
+def headline(config: Config) -> str:
+    """The metric a table shows first: the filter that matches the answer format the protocol asks for."""
+    return "strict" if config.protocol == "zero-shot" else "gsm8k_cot/strict-match"
 
 
 def reference_answer(answer: str) -> str:
@@ -148,24 +179,40 @@ class Record(TypedDict):
     error: str | None
     strict: str
     flexible: str
+    gsm8k_strict_match: str
+    gsm8k_cot_strict_match: str
     strict_correct: bool
     flexible_correct: bool
+    gsm8k_strict_match_correct: bool
+    gsm8k_cot_strict_match_correct: bool
 
 
 def record(row: dict[str, Any], output: str, error: str | None) -> Record:
-    """Everything about one answer: output, both extractions, the reference, the verdicts."""
+    """Everything about one answer: output, every extraction, the reference, the verdicts.
+
+    lm-eval's targets: gsm8k's is the whole reference solution, gsm8k_cot's the text after "####", stripped
+    (exact_match reduces both to the final number).
+    """
     reference = reference_answer(row["answer"])
     strict, flexible = extract_strict(output), extract_flexible(output)
+    lm_strict, cot_strict = lm_eval_filter("gsm8k/strict-match", output), lm_eval_filter("gsm8k_cot/strict-match",
+                                                                                           output)
+    cot_target = row["answer"].split("####")[-1].strip()
     return Record(question=row["question"], reference=reference, output=output, error=error, strict=strict,
-                  flexible=flexible, strict_correct=normalise(strict) == reference,
-                  flexible_correct=normalise(flexible) == reference)
+                  flexible=flexible, gsm8k_strict_match=lm_strict, gsm8k_cot_strict_match=cot_strict,
+                  strict_correct=normalise(strict) == reference,
+                  flexible_correct=exact_match(flexible, row["answer"]),
+                  gsm8k_strict_match_correct=exact_match(lm_strict, row["answer"]),
+                  gsm8k_cot_strict_match_correct=exact_match(cot_strict, cot_target))
 
 
 def score(records: list[Record]) -> dict[str, float]:
+    """Accuracy in % under each filter (METRICS), the number of problems and of failed requests."""
     n = len(records)
-    return {"strict": 100 * sum(r["strict_correct"] for r in records) / n if n else float("nan"),
-            "flexible": 100 * sum(r["flexible_correct"] for r in records) / n if n else float("nan"),
-            "n": n, "failed_requests": sum((r["error"] or "").startswith("request_failed") for r in records)}
+    accuracies = {metric: 100 * sum(r[field] for r in records) / n if n else float("nan")  # type: ignore[literal-required]
+                  for metric, field in METRICS.items()}
+    return accuracies | {"n": n, "failed_requests": sum((r["error"] or "").startswith("request_failed")
+                                                        for r in records)}
 
 
 async def run(config: Config, context: EvalContext) -> BenchmarkResult:
@@ -183,7 +230,10 @@ async def run(config: Config, context: EvalContext) -> BenchmarkResult:
         "prompt": (config.prompt_file or "prompts/gsm8k_zero_shot.txt") if config.protocol == "zero-shot"
         else "lm-eval gsm8k_cot exemplars as chat turns",
         "decoding": "greedy", "max_tokens": config.max_tokens, "stop": stop,
-        "filters": "strict: first '#### N' / 'The answer is N' / 'The answer is: N'; flexible: last number",
-        "headline": HEADLINE, "normalisation": "lm-eval exact_match (',', '$', trailing '.', case)",
+        "filters": "strict (project): first '#### N' / 'The answer is N' / 'The answer is: N'; "
+                   + "; ".join(f"{metric} (lm-eval): {pattern.pattern} [{'first' if select == 0 else 'last'} match]"
+                               for metric, (pattern, select) in LM_EVAL_FILTERS.items()),
+        "headline": headline(config), "normalisation": "lm-eval exact_match (',', '$', '(?s).*#### ', "
+                                                       "trailing '.' removed; case ignored)",
     }
     return BenchmarkResult(score(records), protocol, records)
