@@ -29,7 +29,8 @@ from autoevol_train.config import InputError, StrictModel
 from autoevol_train.eval.run import EvalConfig, run_eval
 from autoevol_train.evol.evolve import EvolveConfig, run_evolve
 from autoevol_train.evol.optimize import OptimizeConfig, run_optimize
-from autoevol_train.rundir import RunDir, write_atomic
+from autoevol_train.rundir import write_atomic
+from autoevol_train.stage import StageRun
 
 ArmMethod = Literal["none", "evol-instruct", "initial", "weak", "optimized"]
 
@@ -203,10 +204,14 @@ def _train(config: TrainStageConfig, recipe: Path) -> None:
 
 def run_pipeline(config: PipelineConfig, output_dir: Path) -> Path:
     """Run every stage of every arm (skipping cached ones) and write the report; returns its path."""
+    with StageRun(output_dir, "run", config) as pipeline_run:
+        return _run_pipeline_in(pipeline_run, config)
+
+
+def _run_pipeline_in(pipeline_run: StageRun, config: PipelineConfig) -> Path:
     from autoevol_train.report import build_report
 
-    output_dir = Path(output_dir)
-    run_dir = RunDir(output_dir, "run", config)
+    output_dir, run_dir = pipeline_run.path, pipeline_run.run_dir
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
     ran: dict[str, bool] = {}
 

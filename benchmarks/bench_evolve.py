@@ -30,7 +30,7 @@ from autoevol_train.evol.evolve import EvolveConfig, ItemEvolver, evolve_shard
 from autoevol_train.llm.client import LLMPool
 from autoevol_train.llm.journal import Journal
 from autoevol_train.llm.scripted_server import LatencyModel, ScriptedServer
-from autoevol_train.rundir import RunDir
+from autoevol_train.stage import StageRun
 
 
 def rule(body: dict, index: int) -> str:
@@ -53,10 +53,10 @@ def make_config(seeds: Path, url: str, args: argparse.Namespace) -> EvolveConfig
 
 
 def streaming(config: EvolveConfig, out: Path) -> tuple[float, int]:
-    run_dir = RunDir(out, "evolve", config)
-    start = time.monotonic()
-    summary, _ = asyncio.run(evolve_shard(config, run_dir))
-    wall = time.monotonic() - start
+    with StageRun(out, "evolve", config) as stage:
+        start = time.monotonic()
+        summary, _ = asyncio.run(evolve_shard(config, stage))
+        wall = time.monotonic() - start
     assert summary["rejected"] == 0, summary
     return wall, summary["rows"]
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from autoevol_train.llm.client import LLMPool, Progress
-from autoevol_train.llm.scheduler import stream_map
+from autoevol_train.llm.scheduler import map_in_order
 
 __all__ = ["EvalContext", "BenchmarkResult"]
 
@@ -29,13 +29,8 @@ class EvalContext:
 
     async def ordered(self, items: Sequence[T], fn: Callable[[T], Awaitable[R]], desc: str) -> list[R]:
         """`fn` over items, streamed with a bounded number in flight, with a progress bar; results in item order."""
-        results: dict[int, R] = {}
         with Progress(len(items), desc, self.pool) as bar:
-            async for (index, _), result in stream_map(list(enumerate(items)), lambda pair: fn(pair[1]),
-                                                       self.max_in_flight):
-                results[index] = result
-                bar.update(1)
-        return [results[i] for i in range(len(items))]
+            return await map_in_order(items, fn, self.max_in_flight, lambda: bar.update(1))
 
 
 @dataclass

@@ -25,9 +25,9 @@ from pydantic import Field, create_model, model_validator
 from autoevol_train.config import StrictModel
 from autoevol_train.eval.benchmarks import BENCHMARKS, BY_NAME
 from autoevol_train.eval.records import BenchmarkResult, EvalContext
-from autoevol_train.llm.client import LLMPool, RoleConfig
-from autoevol_train.llm.journal import Journal
-from autoevol_train.rundir import RunDir, write_atomic
+from autoevol_train.llm.client import RoleConfig
+from autoevol_train.rundir import write_atomic
+from autoevol_train.stage import StageRun
 
 __all__ = ["EvalConfig", "run_eval", "results_table", "format_value"]
 
@@ -102,7 +102,12 @@ def results_table(results: dict[str, Any]) -> str:
 
 def run_eval(config: EvalConfig, output_dir: Path) -> Path:
     """Evaluate `config.model` on every configured benchmark; returns the path of results.json."""
-    run_dir = RunDir(Path(output_dir), "eval", config)
+    with StageRun(output_dir, "eval", config) as stage:
+        return _evaluate_in(stage, config)
+
+
+def _evaluate_in(stage: StageRun, config: EvalConfig) -> Path:
+    run_dir = stage.run_dir
     name = config.name or config.model.model
     results = {"name": name, "model": config.model.model, "template": template_note(config.model),
                "judge": config.judge.model if config.judge else None, "benchmarks": {}}
@@ -117,7 +122,7 @@ def run_eval(config: EvalConfig, output_dir: Path) -> Path:
 
     async def evaluate() -> dict[str, Any]:
         roles = {"model": config.model} | ({"judge": config.judge} if config.judge else {})
-        async with LLMPool(roles, Journal(run_dir.journal_path)) as pool:
+        async with stage.pool(roles) as pool:
             context = EvalContext(pool, config.max_in_flight, name)
             for section in config.sections():
                 save(section.name, await BY_NAME[section.name].run(section, context))

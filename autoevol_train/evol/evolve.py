@@ -41,11 +41,11 @@ from autoevol_train.evol.failures import FailureRules
 from autoevol_train.evol.methods import (EvolvingMethod, evol_instruct_methods, load_method, load_prompt,
                                          starting_method)
 from autoevol_train.evol.records import EvolvedRow, ItemRecord, Reject
-from autoevol_train.llm.client import LLMClient, LLMPool, Progress, RoleConfig
-from autoevol_train.llm.journal import Journal
+from autoevol_train.llm.client import LLMClient, Progress, RoleConfig
 from autoevol_train.llm.scheduler import stream_map
 from autoevol_train.llm.types import Completion
-from autoevol_train.rundir import RunDir, write_atomic
+from autoevol_train.rundir import write_atomic
+from autoevol_train.stage import StageRun
 
 __all__ = ["EvolveConfig", "EvolveLLM", "ItemEvolver", "run_evolve", "evolve_shard", "build_methods"]
 
@@ -275,31 +275,27 @@ def _check_resumable(parts: Path, config: EvolveConfig) -> None:
         write_atomic(path, json.dumps(settings, indent=2) + "\n")
 
 
-async def evolve_shard(config: EvolveConfig, run_dir: RunDir) -> tuple[dict[str, Any], LoadReport]:
+async def evolve_shard(config: EvolveConfig, stage: StageRun) -> tuple[dict[str, Any], LoadReport]:
     """The LLM phase of `run_evolve`: stream this shard's unfinished seeds through `ItemEvolver.item` into the
     parts store; returns counts and LLM usage, and how the seed file read (malformed rows skipped)."""
-    parts = run_dir.path / "parts"
+    parts = stage.path / "parts"
     _check_resumable(parts, config)
     done = completed_keys(parts)
     total, report = _count_my_seeds(config) if config.seeds.is_local() else (None, LoadReport())
-    journal = Journal(run_dir.journal_path)
     counts = {"items": 0, "rows": 0, "rejected": 0}
-    try:
-        async with LLMPool(_roles(config), journal) as pool:
-            evolver = ItemEvolver(config, pool["evol"], pool["responder"])
-            todo = _my_seeds(config, LoadReport() if total is not None else report, done)
-            remaining = None if total is None else total - len(done)
-            with PartWriter(parts, run_dir.manifest["attempts"], config.records_per_part) as writer, \
-                    Progress(remaining, "evolve", pool) as bar:
-                async for _, record in stream_map(todo, evolver.item, config.max_in_flight):
-                    writer.write(record)
-                    counts["items"] += 1
-                    counts["rows"] += len(record["rows"])
-                    counts["rejected"] += len(record["rejects"])
-                    bar.update(1, rows=counts["rows"], rejected=counts["rejected"])
-            usage = pool.usage()
-    finally:
-        journal.close()
+    async with stage.pool(_roles(config)) as pool:
+        evolver = ItemEvolver(config, pool["evol"], pool["responder"])
+        todo = _my_seeds(config, LoadReport() if total is not None else report, done)
+        remaining = None if total is None else total - len(done)
+        with PartWriter(parts, stage.run_dir.manifest["attempts"], config.records_per_part) as writer, \
+                Progress(remaining, "evolve", pool) as bar:
+            async for _, record in stream_map(todo, evolver.item, config.max_in_flight):
+                writer.write(record)
+                counts["items"] += 1
+                counts["rows"] += len(record["rows"])
+                counts["rejected"] += len(record["rejects"])
+                bar.update(1, rows=counts["rows"], rejected=counts["rejected"])
+        usage = pool.usage()
     return {"resumed_items": len(done), **counts, "llm_usage": usage}, report
 
 
@@ -329,12 +325,17 @@ def run_evolve(config: EvolveConfig, output_dir: Path) -> Path:
     build_methods(config)  # a missing method file fails before anything is written
     assembling = config.num_shards == 1 or bool(config.merge_from)
     decontaminator = Decontaminator(config.decontam) if assembling else None  # unreadable benchmarks fail now
-    run_dir = RunDir(output_dir, "evolve", config)
+    with StageRun(output_dir, "evolve", config) as stage:
+        return _evolve_in(stage, config, decontaminator)
+
+
+def _evolve_in(stage: StageRun, config: EvolveConfig, decontaminator: Decontaminator | None) -> Path:
+    run_dir = stage.run_dir
     if config.merge_from:
         part_dirs, load_report = _merge_sources(config)
         usage: dict[str, Any] = {}
     else:
-        summary, report = asyncio.run(evolve_shard(config, run_dir))
+        summary, report = asyncio.run(evolve_shard(config, stage))
         usage = summary.pop("llm_usage")
         load_report = report.as_dict()
         if config.num_shards > 1:

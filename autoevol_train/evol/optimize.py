@@ -39,10 +39,10 @@ from autoevol_train.evol.methods import INSTRUCTION_LABEL, EvolvingMethod, fill,
 from autoevol_train.evol.records import DevRow, HistoryRow
 from autoevol_train.data.formats import SeedSource, iter_seed_rows
 from autoevol_train.llm.client import LLMClient, LLMPool, Progress, RoleConfig
-from autoevol_train.llm.journal import Journal
-from autoevol_train.llm.scheduler import stream_map
+from autoevol_train.llm.scheduler import map_in_order
 from autoevol_train.llm.types import Completion
-from autoevol_train.rundir import RunDir, write_atomic
+from autoevol_train.rundir import write_atomic
+from autoevol_train.stage import StageRun
 
 __all__ = ["OptimizeConfig", "run_optimize", "load_seed_instructions", "extract_optimized_method"]
 
@@ -142,9 +142,7 @@ async def _trajectory(client: LLMClient, method: EvolvingMethod, batch: list[str
             record[f"stage{stage}"] = current = evolved
         return record, raw, spent
 
-    results: list[Any] = [None] * len(batch)
-    async for index, result in stream_map(range(len(batch)), evolve_item, max_in_flight):
-        results[index] = result
+    results = await map_in_order(range(len(batch)), evolve_item, max_in_flight)
     return [r[0] for r in results], [r[1] for r in results], sum(r[2] for r in results)
 
 
@@ -221,13 +219,10 @@ async def _evaluate(client: LLMClient, methods: list[EvolvingMethod], dev: list[
     async def run(pair: tuple[int, int]) -> Attempt:
         return await evolve_once(client, methods[pair[0]], dev[pair[1]], rules, responder=client, context=[])
 
-    evaluations = [Evaluation(m, [None] * len(dev)) for m in methods]  # type: ignore[list-item]
     pairs = [(mi, di) for mi in range(len(methods)) for di in range(len(dev))]
     with Progress(len(pairs), desc, pool) as bar:
-        async for (mi, di), result in stream_map(pairs, run, max_in_flight):
-            evaluations[mi].results[di] = result
-            bar.update(1)
-    return evaluations
+        results = await map_in_order(pairs, run, max_in_flight, lambda: bar.update(1))
+    return [Evaluation(m, results[mi * len(dev):(mi + 1) * len(dev)]) for mi, m in enumerate(methods)]
 
 
 # --- the loop ----------------------------------------------------------------------------------------------
@@ -386,10 +381,10 @@ def _split_seeds(config: OptimizeConfig) -> Seeds:
     return Seeds(source, len(instructions), sampled, sampled[:config.dev_size], sampled[config.dev_size:])
 
 
-async def _optimize(config: OptimizeConfig, run_dir: RunDir, seeds: Seeds, start: EvolvingMethod) -> LoopState:
+async def _optimize(config: OptimizeConfig, stage: StageRun, seeds: Seeds, start: EvolvingMethod) -> LoopState:
     from autoevol_train.evol.optimize_report import write_report
 
-    run_path = run_dir.path
+    run_path = stage.path
     write_atomic(run_path / "split.json", json.dumps(
         {"source": seeds.source, "distinct_seeds": seeds.distinct, "pool": len(seeds.pool), "dev": seeds.dev,
          "train": seeds.train}, ensure_ascii=False, indent=1) + "\n")
@@ -399,22 +394,18 @@ async def _optimize(config: OptimizeConfig, run_dir: RunDir, seeds: Seeds, start
     state = _replay(history, start, config, run_path)
     write_atomic(run_path / "best_method.txt", state.incumbent.text + "\n")
 
-    journal = Journal(run_dir.journal_path)
-    try:
-        async with LLMPool({"evol": config.llm.evol, "optimizer": config.llm.optimizer}, journal) as pool:
-            while state.stop_reason is None:
-                step = state.steps_done + 1
-                batch, step_dev = _step_samples(config, step, seeds.train, seeds.pool, seeds.dev)
-                rows = await _run_step(config, pool, state, step, batch, step_dev, run_path)
-                history += rows
-                write_atomic(history_path, _jsonl(history))  # the step's commit point
-                _advance(state, rows, _selected_method(rows, state, run_path), config)
-                write_atomic(run_path / "best_method.txt", state.incumbent.text + "\n")
-                write_report(run_path)
-            usage = pool.usage()
-    finally:
-        journal.close()
-    run_dir.finish(llm_usage=usage, stop_reason=state.stop_reason, steps_run=state.steps_done,
+    async with stage.pool({"evol": config.llm.evol, "optimizer": config.llm.optimizer}) as pool:
+        while state.stop_reason is None:
+            step = state.steps_done + 1
+            batch, step_dev = _step_samples(config, step, seeds.train, seeds.pool, seeds.dev)
+            rows = await _run_step(config, pool, state, step, batch, step_dev, run_path)
+            history += rows
+            write_atomic(history_path, _jsonl(history))  # the step's commit point
+            _advance(state, rows, _selected_method(rows, state, run_path), config)
+            write_atomic(run_path / "best_method.txt", state.incumbent.text + "\n")
+            write_report(run_path)
+        usage = pool.usage()
+    stage.run_dir.finish(llm_usage=usage, stop_reason=state.stop_reason, steps_run=state.steps_done,
                    best_method_id=state.incumbent.id, best_method_name=state.incumbent.name,
                    best_lambda=state.last_failure_rate)
     write_report(run_path)  # again, now that the manifest holds the stop reason
@@ -427,6 +418,6 @@ def run_optimize(config: OptimizeConfig, output_dir: Path) -> Path:
     Seeds and the starting method are checked before anything is written: bad input raises InputError."""
     seeds = _split_seeds(config)
     start = starting_method(config.initial_method)
-    run_dir = RunDir(output_dir, "optimize", config)
-    asyncio.run(_optimize(config, run_dir, seeds, start))
-    return run_dir.path / "best_method.txt"
+    with StageRun(output_dir, "optimize", config) as stage:
+        asyncio.run(_optimize(config, stage, seeds, start))
+    return stage.path / "best_method.txt"

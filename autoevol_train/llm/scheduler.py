@@ -10,7 +10,7 @@ lazily, so memory stays bounded by `max_in_flight` whatever the dataset size.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -50,3 +50,15 @@ async def stream_map(items: Iterable[T], fn: Callable[[T], Awaitable[R]], max_in
             task.cancel()
         if running:
             await asyncio.gather(*running, return_exceptions=True)
+
+
+async def map_in_order(items: Sequence[T], fn: Callable[[T], Awaitable[R]], max_in_flight: int,
+                       on_result: Callable[[], None] | None = None) -> list[R]:
+    """``[await fn(item) for item in items]``, streamed like `stream_map` (at most `max_in_flight` running, no
+    barrier), returned in item order; `on_result` is called as each one finishes (a progress bar)."""
+    results: list[R] = [None] * len(items)  # type: ignore[list-item]
+    async for index, result in stream_map(range(len(items)), lambda i: fn(items[i]), max_in_flight):
+        results[index] = result
+        if on_result is not None:
+            on_result()
+    return results
