@@ -147,12 +147,14 @@ def _problems(cls: type[BaseModel], errors: list[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(line for key, line in lines if key not in missing_but_misspelt))
 
 
-def parse_config(cls: type[T], data: Any, source: str) -> T:
-    """Validate a plain mapping as `cls`; `source` (a file name) prefixes every problem, one per line."""
+def parse_config(cls: type[T], data: Any, source: str, config_dir: Path | None = None) -> T:
+    """Validate a plain mapping as `cls`; `source` (a file name) prefixes every problem, one per line.
+    `config_dir` (the file's folder) reaches validators as `info.context`: a pipeline's `file:` references are
+    relative to it."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
     try:
-        return cls.model_validate(data)
+        return cls.model_validate(data, context={"config_dir": config_dir or Path(".")})
     except ValidationError as exc:
         problems = _problems(cls, exc.errors(include_url=False))
         raise ConfigError("\n".join(f"{source}: {problem}" for problem in problems)) from None
@@ -189,7 +191,7 @@ def load_config(cls: type[T], path: str | Path, overrides: list[str] | tuple[str
     if not isinstance(data, dict):
         raise ConfigError(f"{path.name}: expected a mapping at the top level, got {type(data).__name__}")
     apply_overrides(data, list(overrides), path.name)
-    return parse_config(cls, data, path.name)
+    return parse_config(cls, data, path.name, path.parent)
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

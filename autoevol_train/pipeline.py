@@ -100,10 +100,21 @@ class PipelineConfig(StrictModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _arms_choose_the_method(cls, data: Any) -> Any:
-        """Each arm sets the evolve method; the shared section need not name one."""
-        if isinstance(data, dict) and isinstance(data.get("evolve"), dict):
-            data["evolve"] = {"method": "none", **data["evolve"]}
+    def _read_stage_files(cls, data: Any, info: ValidationInfo) -> Any:
+        """A stage section is either the stage's config inline or `{file: PATH, overrides: {...}}`: the stage
+        recipe (PATH relative to the pipeline file) with `overrides`, then any other key given beside `file`
+        (e.g. a command-line `optimize.steps=12`), merged into it key by key."""
+        if not isinstance(data, dict):
+            return data
+        config_dir = Path((info.context or {}).get("config_dir", "."))
+        for section in ("optimize", "evolve", "eval"):
+            value = data.get(section)
+            if isinstance(value, dict) and "file" in value:
+                extra = {k: v for k, v in value.items() if k not in ("file", "overrides")}
+                data[section] = _merged(_merged(_stage_file(config_dir, section, value["file"]),
+                                                value.get("overrides") or {}), extra)
+        if isinstance(data.get("evolve"), dict):  # each arm sets the evolve method
+            data["evolve"] = {**data["evolve"], "method": "none", "method_file": None}
         return data
 
     @model_validator(mode="after")
@@ -116,6 +127,28 @@ class PipelineConfig(StrictModel):
         if self.eval is not None and self.train is None:
             raise ValueError("eval evaluates each arm's trained model: it needs a train section")
         return self
+
+
+def _stage_file(config_dir: Path, section: str, file: Any) -> dict[str, Any]:
+    path = config_dir / str(file)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{section}.file: {path}: no such file") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{section}.file: {path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{section}.file: {path}: expected a mapping of {section} keys")
+    return data
+
+
+def _merged(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `top`'s keys replacing its own; mappings are merged key by key, anything else replaced."""
+    merged = dict(base)
+    for key, value in top.items():
+        both_maps = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _merged(merged[key], value) if both_maps else value
+    return merged
 
 
 def _file_text(path: str) -> str:

@@ -209,7 +209,7 @@ def test_recipes_load_with_paper_settings_and_their_offline_overrides(recipe, sh
     assert [b.path for b in local.decontam.benchmarks] == ["../shared/data/gsm8k/test.jsonl",
                                                            "../shared/data/humaneval/HumanEval.jsonl.gz",
                                                            "../shared/data/mt_bench/question.jsonl"]
-    assert len(RECIPES) == 6
+    assert len(RECIPES) == 3  # one per domain
 
 
 def test_rerun_with_changed_filters_reassembles_changed_evolution_is_refused(tmp_path, scripted_server):

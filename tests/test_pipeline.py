@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from autoevol_train.cli import main as cli_main
 
@@ -165,21 +166,72 @@ def test_bad_pipeline_config_is_one_line_and_exit_2(tmp_path, capsys):
 
 
 PIPELINES = sorted((REPO / "recipes").glob("*/*/pipeline.yaml"))
+DOMAINS = REPO / "recipes" / "domains"
 
 
 @pytest.mark.parametrize("recipe", PIPELINES, ids=lambda p: p.parent.relative_to(REPO / "recipes").as_posix())
 def test_pipeline_recipes_validate_and_match_their_stage_recipes(recipe):
     from autoevol_train.config import load_config
     from autoevol_train.eval.run import EvalConfig
+    from autoevol_train.evol.evolve import EvolveConfig
     from autoevol_train.evol.optimize import OptimizeConfig
     from autoevol_train.pipeline import PipelineConfig
 
     config = load_config(PipelineConfig, recipe)
+    domain = recipe.parent.name
     assert [arm.method for arm in config.arms] == ["none", "evol-instruct", "optimized"]
-    assert config.optimize == load_config(OptimizeConfig, recipe.parent / "optimize.yaml")
-    assert config.eval == load_config(EvalConfig, recipe.parent / "eval.yaml")
+    # The stage sections are the domain's stage recipes (no copies), with this model's overrides only.
+    assert config.optimize == load_config(OptimizeConfig, DOMAINS / domain / "optimize.yaml")
+    assert config.evolve == load_config(EvolveConfig, DOMAINS / domain / "evolve.yaml",
+                                        ["method=none", "method_file=null"])
+    gpus = config.eval.model.engine_kwargs["tensor_parallel_size"]
+    assert config.eval == load_config(EvalConfig, DOMAINS / domain / "eval.yaml",
+                                      [f"model.engine_kwargs.tensor_parallel_size={gpus}"])
     assert config.eval.model.backend in ("vllm", "transformers")  # the trained model is a local directory
     assert config.train is not None and Path(config.train.recipe) == recipe.parent.relative_to(REPO) / "sft.yaml"
+    assert "file:" in recipe.read_text() and "seeds:" not in recipe.read_text()
+
+
+@pytest.mark.parametrize("stage", ["optimize", "evolve", "eval"])
+def test_every_domain_stage_recipe_loads_on_its_own(stage):
+    from autoevol_train.cli import STAGES
+    from autoevol_train.config import load_config
+
+    module, class_name, *_ = STAGES[stage]
+    config_class = getattr(__import__(module, fromlist=[class_name]), class_name)
+    recipes = sorted(DOMAINS.glob(f"*/{stage}.yaml"))
+    assert [p.parent.name for p in recipes] == ["chat", "code", "math"]
+    for path in recipes:
+        load_config(config_class, path)
+    assert not list((REPO / "recipes").glob(f"[!d]*/*/{stage}.yaml"))  # no per-model copies
+
+
+def test_stage_file_reference_overrides_and_command_line(tmp_path, monkeypatch):
+    """`file:` is relative to the pipeline file (from any working directory); overrides merge key by key; a
+    command-line override lands beside `file` and applies last."""
+    from autoevol_train.config import load_config
+    from autoevol_train.pipeline import PipelineConfig
+
+    pipeline = tmp_path / "mine" / "pipeline.yaml"
+    pipeline.parent.mkdir()
+    pipeline.write_text(yaml.safe_dump({
+        "arms": [{"name": "seed", "method": "none"}],
+        "evolve": {"file": str(Path("..") / Path(os.path.relpath(DOMAINS, tmp_path)) / "math" / "evolve.yaml"),
+                   "overrides": {"rounds": 3, "llm": {"evol": {"max_concurrency": 4}}}}}))
+    monkeypatch.chdir(tmp_path)
+    config = load_config(PipelineConfig, pipeline, ["evolve.rounds=2", "evolve.dedup.near=false"])
+    assert config.evolve.rounds == 2 and not config.evolve.dedup.near and config.evolve.dedup.exact
+    assert config.evolve.llm.evol.max_concurrency == 4 and config.evolve.llm.evol.model == "gpt-4"
+    assert config.evolve.seeds.path == "openai/gsm8k"
+
+
+def test_missing_stage_file_is_one_line_and_exit_2(tmp_path, capsys):
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text("arms: [{name: seed, method: none}]\nevolve: {file: ../nowhere/evolve.yaml}\n")
+    assert cli_main(["run", str(pipeline), "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"autoevol run: error: pipeline.yaml: evolve.file: {tmp_path / '../nowhere/evolve.yaml'}: no such file"
+    assert not (tmp_path / "out").exists()
 
 
 def test_every_model_and_domain_has_a_pipeline():
