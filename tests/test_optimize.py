@@ -22,12 +22,12 @@ import yaml
 from autoevol_train.config import InputError, load_config
 from autoevol_train.evol.methods import initial_method
 from autoevol_train.evol.optimize import OptimizeConfig, extract_optimized_method, run_optimize
-from autoevol_train.llm.scripted_server import LatencyModel
+from autoevol_train.llm.scripted_server import LatencyModel, Reply
 
 REPO = Path(__file__).resolve().parents[1]
 SUFFIX = " Show every step and state the units of the result."
 LOST = "Work out the answer to the word problem."
-KEEP, LABEL, BREAK = "KEEP-ALL-NUMBERS", "ALWAYS-LABEL", "NO-LABEL"
+KEEP, LABEL, BREAK, ERRORS = "KEEP-ALL-NUMBERS", "ALWAYS-LABEL", "NO-LABEL", "HTTP-400-INSTEAD"
 
 
 def kind(instruction: str) -> str:
@@ -38,7 +38,7 @@ def kind(instruction: str) -> str:
     return "A" if bucket < 3 else "B" if bucket < 5 else "C" if bucket == 5 else "ok"
 
 
-def evol_rule(messages: list[dict]) -> str:
+def evol_rule(messages: list[dict]) -> Reply | str:
     content = messages[-1]["content"]
     if "#Instruction#:\n" not in content:  # an answer request: the content is an evolved instruction
         if content == LOST:
@@ -48,6 +48,8 @@ def evol_rule(messages: list[dict]) -> str:
         return "Step 1: read the numbers. Step 2: combine them. The answer is 7."
     method, _, instruction = content.rpartition("#Instruction#:\n")
     head = "Step 1 #Methods List#: add units\nStep 2 #Plan#: ask for steps\n"
+    if ERRORS in method and kind(instruction) == "B" and LABEL not in method:
+        return Reply(status=400)  # fails as B would anyway, but as a request error
     if BREAK in method or (kind(instruction) == "B" and LABEL not in method):
         return head + f"Step 3 #Rewritten Instruction#: {instruction}{SUFFIX}"
     evolved = LOST if kind(instruction) == "A" and KEEP not in method else instruction + SUFFIX
@@ -98,6 +100,9 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def test_loop_selects_the_fixing_candidates_and_stops(scripted_server, shared_data, tmp_path):
+    """The default loop: KEEP wins step 1, ALWAYS-LABEL step 2; steps 3-5 only tie (Eq. 2: the tied candidate
+    becomes e_t), so the run goes past the first tie and stops after patience = 3 steps without a strict
+    improvement, with the best method so far (step 2's) as the output."""
     server = scripted_server(rule)
     config = make_config(server.base_url, shared_data / "gsm8k" / "train.jsonl")
     best = run_optimize(config, tmp_path / "run")
@@ -108,15 +113,16 @@ def test_loop_selects_the_fixing_candidates_and_stops(scripted_server, shared_da
     assert len(dev) == 50 and min(counts.values()) > 0 and split["pool"] == 200
 
     history = read_jsonl(run / "history.jsonl")
-    assert [r["step"] for r in history] == [1] * 6 + [2] * 6 + [3] * 6
+    assert [r["step"] for r in history] == [1] * 6 + [2] * 6 + [3] * 6 + [4] * 6 + [5] * 6
     lam = {(r["step"], r["candidate"]): r["lambda"] for r in history}
     n = 50
     assert lam[1, "incumbent"] == (counts["A"] + counts["B"] + counts["C"]) / n
     assert lam[1, 0] == lam[2, "incumbent"] == (counts["B"] + counts["C"]) / n   # KEEP fixes A
     assert lam[1, 3] == lam[2, 3] == 1.0 and lam[1, 1] is None                   # breaks / no block
     assert lam[2, 4] == lam[3, "incumbent"] == counts["C"] / n                   # ALWAYS-LABEL fixes B
-    assert [r["name"] for r in history if r["selected"]] == ["step1/cand0", "step2/cand4", "step2/cand4"]
-    assert [r["candidate"] for r in history if r["selected"]][-1] == "incumbent"  # step 3: nothing beat it
+    assert [r["name"] for r in history if r["selected"]] == ["step1/cand0", "step2/cand4", "step3/cand0",
+                                                             "step4/cand0", "step5/cand0"]
+    assert all(lam[s, 0] == lam[s, 2] == lam[s, 4] == counts["C"] / n for s in (3, 4, 5))  # ties: lowest index
     by_key = {(r["step"], r["candidate"]): r for r in history}
     assert by_key[1, "incumbent"]["failures"] == {"parse_failure": counts["B"], "response_asks_back": counts["C"],
                                                   "response_please_provide": counts["A"]}
@@ -128,7 +134,8 @@ def test_loop_selects_the_fixing_candidates_and_stops(scripted_server, shared_da
 
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "completed" and manifest["stop_reason"] == "no_improvement"
-    assert manifest["steps_run"] == 3 and manifest["best_lambda"] == counts["C"] / n
+    assert manifest["steps_run"] == 5 and manifest["best_lambda"] == counts["C"] / n
+    assert manifest["best_method_name"] == "step2/cand4" and manifest["final_method_name"] == "step5/cand0"
     text = best.read_text()
     assert best == run / "best_method.txt" and KEEP in text and LABEL in text and "#Instruction#" not in text[-40:]
     assert (run / "methods" / "step02_cand4.txt").read_text() == text
@@ -148,16 +155,57 @@ def test_loop_selects_the_fixing_candidates_and_stops(scripted_server, shared_da
 
     # Sampling as in the paper: evol greedy, optimizer m=5 samples at T=0.6, top-p 0.95.
     analysis = [b for b in server.counters.bodies if b["model"] == "optimizer-model" and len(b["messages"]) == 1]
-    assert len(analysis) == 3 and all(b["n"] == 5 and b["temperature"] == 0.6 and b["top_p"] == 0.95
+    assert len(analysis) == 5 and all(b["n"] == 5 and b["temperature"] == 0.6 and b["top_p"] == 0.95
                                       for b in analysis)
     assert all(b["temperature"] == 0.0 for b in server.counters.bodies if b["model"] == "evol-model")
 
     report = (run / "report.md").read_text()
     assert "step1/cand0" in report and f"+{KEEP}: keep every number." in report
     assert f"+{LABEL}: always end with the final label." in report and "response_asks_back" in report
-    assert "No candidate beat the incumbent" in report and "Successful evolutions" in report
+    assert "best so far `step2/cand4`" in report and "Successful evolutions" in report
     assert "<table>" in (run / "report.html").read_text()
     assert (run / "lambda.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def tie_then_improve(body: dict, index: int) -> Reply | str:
+    """Step 1: three candidates that only tie the start (0 with request errors, 1 and 2 identical); step 2:
+    0 breaks the label, 1 and 2 add KEEP (an equal strict improvement)."""
+    if body["model"] != "optimizer-model":
+        return evol_rule(body["messages"])
+    if len(body["messages"]) == 1:
+        return f"Analysis {index}"
+    k = int(body["messages"][1]["content"].split()[-1])
+    current = re.search(r"```Current Method\n(.*?)\n```", body["messages"][2]["content"], re.DOTALL).group(1)
+    if "Be thorough." not in current:
+        extra = f"{ERRORS} Be thorough." if k == 0 else "Be thorough."
+    else:
+        extra = BREAK if k == 0 else f"{KEEP}: keep every number."
+    return f"```Optimized Method\n{current}\n{extra}\n```"
+
+
+def test_a_tie_then_an_improvement_runs_on_and_outputs_the_improvement(scripted_server, shared_data, tmp_path):
+    """Eq. 2 with a deterministic tie-break: step 1's candidates all tie the start, so the one with fewer
+    request errors, then the lower index, becomes e_1 (the output stays the start); the default stopping rule
+    does not end the run on that tie, and step 2's strict improvement becomes the output."""
+    server = scripted_server(tie_then_improve)
+    config = make_config(server.base_url, shared_data / "gsm8k" / "train.jsonl", candidates=3, steps=2,
+                         dev_size=20, pool_size=60, batch_size=4, trajectory_rounds=1)
+    best = run_optimize(config, tmp_path / "run")
+    history = read_jsonl(tmp_path / "run" / "history.jsonl")
+    dev = json.loads((tmp_path / "run" / "split.json").read_text())["dev"]
+    assert sum(kind(q) == "A" for q in dev) > 0 and sum(kind(q) == "B" for q in dev) > 0
+    lam = {(r["step"], r["candidate"]): r["lambda"] for r in history}
+    by_key = {(r["step"], r["candidate"]): r for r in history}
+    assert lam[1, "incumbent"] == lam[1, 0] == lam[1, 1] == lam[1, 2]                  # a three-way tie
+    assert by_key[1, 0]["failures"]["evol_request_failed"] > 0 and "evol_request_failed" not in by_key[1, 1]["failures"]
+    assert lam[2, 1] == lam[2, 2] < lam[2, "incumbent"] == lam[1, 1] and lam[2, 0] == 1.0
+    assert [r["name"] for r in history if r["selected"]] == ["step1/cand1", "step2/cand1"]
+    assert by_key[2, "incumbent"]["method_id"] == by_key[1, 1]["method_id"]            # e_1 = the tied candidate
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["stop_reason"] == "max_steps" and manifest["steps_run"] == 2
+    assert manifest["best_method_name"] == "step2/cand1" and manifest["best_lambda"] == lam[2, 1]
+    assert best.read_text() == (tmp_path / "run" / "methods" / "step02_cand1.txt").read_text()
+    assert KEEP in best.read_text() and ERRORS not in best.read_text()
 
 
 def test_official_code_options(scripted_server, shared_data, tmp_path):

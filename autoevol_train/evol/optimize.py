@@ -4,8 +4,10 @@ Per step t (paper §3): the evol LLM evolves a mini-batch l rounds with the incu
 trajectory) → the optimizer LLM says which cases failed and why (m analyses sampled in one request) and, in
 the same conversation, rewrites the method (m rewrites in parallel) → the incumbent and every candidate
 evolve the development set once and the evol LLM answers each evolved instruction → the failure rate λ
-(failures / |D|) picks the winner. A candidate replaces the incumbent only if it beats the incumbent's score
-on the same dev set. The loop stops after `steps` steps or as soon as λ stops falling.
+(failures / |D|). As in Eq. 2 the step's best candidate becomes e_t even when it only ties (ties broken by
+fewer request errors, then the lower candidate index); the output is the best method so far, which changes
+only on a strict improvement. The loop runs `steps` steps, or stops after `patience` steps in a row without
+a strict improvement (a single tie never ends it) or at λ = 0.
 
 All calls of a phase go through the LLM layer at once, and the incumbent's dev evaluation runs beside the
 trajectory, so a step lasts about its critical path: l evolutions → analysis → rewrite → evolution + answer.
@@ -36,7 +38,7 @@ from autoevol_train.config import InputError, StrictModel
 from autoevol_train.evol.attempt import Attempt, evolve_once, evolve_text, tokens
 from autoevol_train.evol.failures import FailureRules
 from autoevol_train.evol.methods import INSTRUCTION_LABEL, EvolvingMethod, fill, load_prompt, starting_method
-from autoevol_train.evol.records import DevRow, HistoryRow
+from autoevol_train.evol.records import DevRow, HistoryRow, best_so_far
 from autoevol_train.data.formats import SeedSource, iter_seed_rows
 from autoevol_train.llm.client import LLMClient, LLMPool, Progress, RoleConfig
 from autoevol_train.llm.scheduler import map_in_order
@@ -73,8 +75,10 @@ class OptimizeConfig(StrictModel):
     trajectory_rounds: PositiveInt = Field(3, description="l: evolutions per trajectory (official code: 1)")
     candidates: PositiveInt = Field(5, description="m: optimisations sampled per step")
     steps: PositiveInt = Field(10, description="T: maximum number of steps")
-    early_stopping: bool = Field(True, description="stop when λ no longer decreases (or reaches 0)")
-    patience: PositiveInt = Field(1, description="steps without improvement before stopping")
+    early_stopping: bool = Field(True, description="stop early when the best λ stops decreasing (or reaches 0); "
+                                 "false runs all T steps, as the paper's steps ablation (Fig. 5b)")
+    patience: PositiveInt = Field(3, description="steps in a row without a strict improvement of the best "
+                                  "method before stopping (1 would let a single tie end the run)")
     selection: Literal["failure_rate", "length_weighted"] = Field(
         "failure_rate", description="failure_rate: lowest λ; length_weighted (official code): highest "
         "success rate × mean response words / mean evolved-instruction words")
@@ -196,6 +200,11 @@ class Evaluation:
         return dict(sorted(Counter(r.reason for r in self.results if r.reason).items()))
 
     @property
+    def request_errors(self) -> int:
+        """Failures caused by failed requests, not by the method: the first tie-break between equal scores."""
+        return sum(r.reason in ("evol_request_failed", "response_request_failed") for r in self.results)
+
+    @property
     def failure_rate(self) -> float:
         return sum(r.reason is not None for r in self.results) / len(self.results)
 
@@ -229,11 +238,13 @@ async def _evaluate(client: LLMClient, methods: list[EvolvingMethod], dev: list[
 
 @dataclass
 class LoopState:
-    incumbent: EvolvingMethod
-    steps_done: int = 0
-    stall: int = 0
-    last_failure_rate: float | None = None
-    stop_reason: str | None = None
+    """Where the loop stands, derived from history.jsonl alone (a resumed run continues like an uninterrupted one)."""
+
+    current: EvolvingMethod   # e_t: the next step starts from it
+    best: EvolvingMethod      # the best method so far: the output (best_method.txt)
+    best_row: HistoryRow | None
+    steps_done: int
+    stop_reason: str | None
 
 
 def _read_history(path: Path) -> list[HistoryRow]:
@@ -242,40 +253,39 @@ def _read_history(path: Path) -> list[HistoryRow]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _advance(state: LoopState, rows: list[HistoryRow], method: EvolvingMethod, config: OptimizeConfig) -> None:
-    """Apply one finished step's rows (the `selected` row and its method) to the state, then decide on stopping."""
-    selected = next(r for r in rows if r["selected"])
-    state.steps_done = rows[0]["step"]
-    state.stall = state.stall + 1 if selected["candidate"] == "incumbent" else 0
-    state.incumbent = method
-    state.last_failure_rate = selected["lambda"]
-    if not config.early_stopping:
-        state.stop_reason = "max_steps" if state.steps_done >= config.steps else None
-    elif state.stall >= config.patience:
-        state.stop_reason = "no_improvement"
-    elif config.selection == "failure_rate" and selected["lambda"] == 0:
-        state.stop_reason = "no_failures_left"
-    elif state.steps_done >= config.steps:
-        state.stop_reason = "max_steps"
+def _method(row: HistoryRow, start: EvolvingMethod, run_path: Path) -> EvolvingMethod:
+    """A row's method read back from its file (so a resumed run continues from the very same text)."""
+    if row["method_file"] is None:
+        return start
+    text = (run_path / row["method_file"]).read_text(encoding="utf-8").strip()
+    return EvolvingMethod(row["name"], text, start.format)
 
 
-def _selected_method(rows: list[HistoryRow], state: LoopState, run_path: Path) -> EvolvingMethod:
-    """The method a finished step kept: the incumbent, or the winning candidate read back from its file (so a
-    resumed run and an uninterrupted one continue from the very same text)."""
-    selected = next(r for r in rows if r["selected"])
-    if selected["candidate"] == "incumbent":
-        return state.incumbent
-    text = (run_path / selected["method_file"]).read_text(encoding="utf-8").strip()
-    return EvolvingMethod(selected["name"], text, state.incumbent.format)
-
-
-def _replay(history: list[HistoryRow], start: EvolvingMethod, config: OptimizeConfig,
-            run_path: Path) -> LoopState:
-    state = LoopState(start)
-    for step in sorted({r["step"] for r in history}):
-        rows = [r for r in history if r["step"] == step]
-        _advance(state, rows, _selected_method(rows, state, run_path), config)
-    return state
+def _state(history: list[HistoryRow], start: EvolvingMethod, config: OptimizeConfig, run_path: Path) -> LoopState:
+    """e_t is each step's selected row (Eq. 2: its best candidate, even on a tie or a loss; the method it
+    started from when the step had no candidate); the best so far changes only on a strict improvement.
+    Stopping: `patience` steps in a row without a strict improvement (so one tie never stops the loop),
+    λ = 0, or T steps."""
+    if not history:
+        return LoopState(start, start, None, 0, None)
+    current = start
+    steps = sorted({r["step"] for r in history})
+    for step in steps:
+        selected = next(r for r in history if r["step"] == step and r["selected"])
+        current = current if selected["candidate"] == "incumbent" else _method(selected, start, run_path)
+    bests = best_so_far(history)
+    stall = 0  # steps since the best so far last improved
+    while stall < len(steps) and bests[-1 - stall] is bests[-2 - stall]:
+        stall += 1
+    best = bests[-1]
+    stop = None
+    if config.early_stopping and stall >= config.patience:
+        stop = "no_improvement"
+    elif config.early_stopping and config.selection == "failure_rate" and best["lambda"] == 0:
+        stop = "no_failures_left"
+    elif steps[-1] >= config.steps:
+        stop = "max_steps"
+    return LoopState(current, _method(best, start, run_path), best, steps[-1], stop)
 
 
 def _step_samples(config: OptimizeConfig, step: int, train: list[str], pool: list[str], dev: list[str]
@@ -303,7 +313,7 @@ async def _run_step(config: OptimizeConfig, pool: LLMPool, state: LoopState, ste
                     dev: list[str], run_path: Path) -> list[HistoryRow]:
     """One step: writes the trajectory, the candidates and the dev details; returns the history rows."""
     started = time.monotonic()
-    evol, incumbent = pool["evol"], state.incumbent
+    evol, incumbent = pool["evol"], state.current
     incumbent_eval = asyncio.ensure_future(
         _evaluate(evol, [incumbent], dev, config.failures, config.max_in_flight, f"step {step}: incumbent on dev",
                   pool))
@@ -320,9 +330,8 @@ async def _run_step(config: OptimizeConfig, pool: LLMPool, state: LoopState, ste
     wall_s = time.monotonic() - started
 
     by_index = {p.index: e for p, e in zip([p for p in proposals if p.method is not None], candidate_evals)}
-    incumbent_score = incumbent_eval_done.score(config.selection)
-    best = min(by_index, key=lambda i: (by_index[i].score(config.selection), i), default=None)
-    winner = best if best is not None and by_index[best].score(config.selection) < incumbent_score else None
+    winner = min(by_index, key=lambda i: (by_index[i].score(config.selection), by_index[i].request_errors, i),
+                 default=None)
 
     prefix = f"step{step:02d}"
     write_atomic(run_path / "trajectories" / f"{prefix}.json", json.dumps(
@@ -391,8 +400,8 @@ async def _optimize(config: OptimizeConfig, stage: StageRun, seeds: Seeds, start
     write_atomic(run_path / "methods" / "initial.txt", start.text + "\n")
     history_path = run_path / "history.jsonl"
     history = _read_history(history_path)
-    state = _replay(history, start, config, run_path)
-    write_atomic(run_path / "best_method.txt", state.incumbent.text + "\n")
+    state = _state(history, start, config, run_path)
+    write_atomic(run_path / "best_method.txt", state.best.text + "\n")
 
     async with stage.pool({"evol": config.llm.evol, "optimizer": config.llm.optimizer}) as pool:
         while state.stop_reason is None:
@@ -401,13 +410,14 @@ async def _optimize(config: OptimizeConfig, stage: StageRun, seeds: Seeds, start
             rows = await _run_step(config, pool, state, step, batch, step_dev, run_path)
             history += rows
             write_atomic(history_path, _jsonl(history))  # the step's commit point
-            _advance(state, rows, _selected_method(rows, state, run_path), config)
-            write_atomic(run_path / "best_method.txt", state.incumbent.text + "\n")
+            state = _state(history, start, config, run_path)
+            write_atomic(run_path / "best_method.txt", state.best.text + "\n")
             write_report(run_path)
         usage = pool.usage()
     stage.run_dir.finish(llm_usage=usage, stop_reason=state.stop_reason, steps_run=state.steps_done,
-                   best_method_id=state.incumbent.id, best_method_name=state.incumbent.name,
-                   best_lambda=state.last_failure_rate)
+                         best_method_id=state.best.id, best_method_name=state.best.name,
+                         best_lambda=state.best_row["lambda"] if state.best_row else None,
+                         final_method_id=state.current.id, final_method_name=state.current.name)
     write_report(run_path)  # again, now that the manifest holds the stop reason
     return state
 

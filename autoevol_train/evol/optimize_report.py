@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from autoevol_train.evol.records import best_so_far
 from autoevol_train.rundir import write_atomic
 
 __all__ = ["write_report", "plot_lambda"]
@@ -30,19 +31,21 @@ def plot_lambda(history: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     steps = sorted({r["step"] for r in history})
-    kept = [next(r["lambda"] for r in history if r["step"] == steps[0] and r["candidate"] == "incumbent")]
-    kept += [next(r["lambda"] for r in history if r["step"] == s and r["selected"]) for s in steps]
+    bests = best_so_far(history)
+    kept = [bests[0]["lambda"]] + [next(r["lambda"] for r in history if r["step"] == s and r["selected"])
+                                   for s in steps]
     figure, axes = plt.subplots(figsize=(6, 3.6), dpi=120)
     points = [(r["step"], r["lambda"]) for r in history if r["candidate"] != "incumbent" and r["lambda"] is not None]
     if points:
         axes.scatter(*zip(*points), color="0.6", s=18, label="candidates", zorder=2)
-    axes.plot([0, *steps], kept, marker="o", color="C0", label="kept method", zorder=3)
+    axes.plot([0, *steps], kept, marker="o", color="C0", label="e_t (selected)", zorder=3)
+    axes.plot([0, *steps], [r["lambda"] for r in bests], color="C1", linestyle="--", label="best so far", zorder=4)
     axes.set_xlabel("step")
     axes.set_ylabel("failure rate λ on dev")
     axes.set_xticks([0, *steps])
     axes.set_ylim(-0.03, 1.03)
     axes.grid(alpha=0.3)
-    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
+    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
@@ -62,19 +65,19 @@ def _short(text: str | None, limit: int = 400) -> str:
     return text if len(text) <= limit else text[:limit] + " …"
 
 
-def _step_row(step: int, rows: list[dict[str, Any]]) -> list[str]:
+def _step_row(step: int, rows: list[dict[str, Any]], best: dict[str, Any]) -> list[str]:
     incumbent = next(r for r in rows if r["candidate"] == "incumbent")
     selected = next(r for r in rows if r["selected"])
     candidates = " ".join(_fmt(r["lambda"]) for r in rows if r["candidate"] != "incumbent")
     return [str(step), selected["name"], _fmt(incumbent["lambda"]), candidates, _fmt(selected["lambda"]),
-            _failures(selected["failures"]), f"{incumbent['wall_s']:.1f}"]
+            f"{best['name']} ({_fmt(best['lambda'])})", _failures(selected["failures"]), f"{incumbent['wall_s']:.1f}"]
 
 
 def _blocks(run_path: Path, history: list[dict[str, Any]]) -> list[Block]:
     split = json.loads((run_path / "split.json").read_text())
     steps = sorted({r["step"] for r in history})
-    first = next(r for r in history if r["step"] == steps[0] and r["candidate"] == "incumbent")
-    final = next(r for r in history if r["step"] == steps[-1] and r["selected"])
+    bests = best_so_far(history)
+    first, final = bests[0], bests[-1]
     manifest = json.loads((run_path / "manifest.json").read_text())
     blocks: list[Block] = [
         ("h1", "Auto Evol-Instruct: method optimisation"),
@@ -82,22 +85,26 @@ def _blocks(run_path: Path, history: list[dict[str, Any]]) -> list[Block]:
               f"{len(split['dev'])}, mini-batch source {len(split['train'])}). Steps run: {len(steps)}; stop "
               f"reason: {manifest.get('stop_reason') or 'not finished'}."),
         ("p", f"Starting method `{first['name']}` ({first['method_id']}): λ = {_fmt(first['lambda'])}. "
-              f"Final method `{final['name']}` ({final['method_id']}): λ = {_fmt(final['lambda'])}."),
+              f"Output (best so far) `{final['name']}` ({final['method_id']}): λ = {_fmt(final['lambda'])}. "
+              "Each step's best candidate becomes e_t even on a tie (Eq. 2); the output changes only when a "
+              "step strictly lowers the best score."),
         ("img", "lambda.png"),
         ("h2", "Steps"),
-        ("table", (["step", "kept", "λ incumbent", "λ candidates", "λ kept", "failures of kept", "wall s"],
-                   [_step_row(s, [r for r in history if r["step"] == s]) for s in steps])),
+        ("table", (["step", "e_t", "λ incumbent", "λ candidates", "λ e_t", "best so far", "failures of e_t",
+                    "wall s"], [_step_row(s, [r for r in history if r["step"] == s], bests[i + 1])
+                                for i, s in enumerate(steps)])),
     ]
     previous = (run_path / "methods" / "initial.txt").read_text()
-    for step in steps:
+    for i, step in enumerate(steps):
         rows = [r for r in history if r["step"] == step]
         selected = next(r for r in rows if r["selected"])
-        blocks.append(("h2", f"Step {step}: kept `{selected['name']}` (λ {_fmt(selected['lambda'])})"))
+        blocks.append(("h2", f"Step {step}: e_t = `{selected['name']}` (λ {_fmt(selected['lambda'])}); best so "
+                             f"far `{bests[i + 1]['name']}` (λ {_fmt(bests[i + 1]['lambda'])})"))
         blocks.append(("table", (["candidate", "status", "method id", "λ", "failures"],
                                  [[str(r["candidate"]), r["status"], r["method_id"] or "—", _fmt(r["lambda"]),
                                    _failures(r["failures"])] for r in rows])))
         if selected["candidate"] == "incumbent":
-            blocks.append(("p", "No candidate beat the incumbent on the dev set; the method is unchanged."))
+            blocks.append(("p", "The optimizer gave no usable candidate; the method is unchanged."))
             continue
         blocks.append(("h3", "Optimizer feedback that led to it"))
         blocks.append(("code", ("text", selected["feedback"] or "")))
@@ -107,7 +114,7 @@ def _blocks(run_path: Path, history: list[dict[str, Any]]) -> list[Block]:
         blocks.append(("h3", "Diff to the previous method"))
         blocks.append(("code", ("diff", "\n".join(diff))))
         previous = current
-    blocks += _examples(run_path, steps[-1], final)
+    blocks += _examples(run_path, final["step"], final)
     blocks.append(("h2", f"Final method ({final['method_id']})"))
     blocks.append(("code", ("text", (run_path / "best_method.txt").read_text())))
     return blocks

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TypedDict
 
-__all__ = ["HistoryRow", "DevRow", "EvolvedRow", "Reject", "ItemRecord"]
+__all__ = ["HistoryRow", "best_so_far", "DevRow", "EvolvedRow", "Reject", "ItemRecord"]
 
 Messages = list[dict[str, str]]
 
@@ -32,6 +32,19 @@ HistoryRow = TypedDict("HistoryRow", {
     "wall_s": float,
     "phase_s": "dict[str, float]",
 })
+
+
+def best_so_far(history: list[HistoryRow]) -> list[HistoryRow]:
+    """The row of the best method so far: before step 1 (the start, step 1's incumbent row), then after each
+    step. A step's selected candidate replaces it only with a strictly lower score, so on a tie the earlier
+    method stays the output. The loop (stopping, best_method.txt) and the report both read it from here."""
+    steps = sorted({r["step"] for r in history})
+    bests = [next(r for r in history if r["step"] == steps[0] and r["candidate"] == "incumbent")] if steps else []
+    for step in steps:
+        selected = next(r for r in history if r["step"] == step and r["selected"])
+        better = selected["candidate"] != "incumbent" and selected["score"] < bests[-1]["score"]  # type: ignore[operator]
+        bests.append(selected if better else bests[-1])
+    return bests
 
 
 class DevRow(TypedDict):
