@@ -28,8 +28,9 @@ from types import TracebackType
 from pydantic import BaseModel
 
 from autoevol_train.errors import AutoevolError, InputError
-from autoevol_train.llm.client import LLMPool, RoleConfig
+from autoevol_train.llm.client import LLMPool
 from autoevol_train.llm.journal import Journal
+from autoevol_train.llm.types import RoleConfig
 from autoevol_train.rundir import RunDir, write_atomic
 
 # What `RunDir` itself writes on entry: changes to these alone are no work of the attempt.

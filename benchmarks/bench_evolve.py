@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,8 +30,10 @@ from pathlib import Path
 from autoevol_train.evol.evolve import EvolveConfig, ItemEvolver, evolve_shard
 from autoevol_train.llm.client import LLMPool
 from autoevol_train.llm.journal import Journal
-from autoevol_train.llm.scripted_server import LatencyModel, ScriptedServer
 from autoevol_train.stage import StageRun
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the scripted server is a test double: tests/support
+from tests.support.scripted_server import LatencyModel, ScriptedServer  # noqa: E402
 
 
 def rule(body: dict, index: int) -> str:

@@ -13,15 +13,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import time
+from pathlib import Path
 
-from autoevol_train.llm.client import LLMPool, RoleConfig
+from autoevol_train.llm.client import LLMPool
 from autoevol_train.llm.scheduler import stream_map
-from autoevol_train.llm.scripted_server import LatencyModel, ScriptedServer
+from autoevol_train.llm.types import OpenAIRole
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the scripted server is a test double: tests/support
+from tests.support.scripted_server import LatencyModel, ScriptedServer  # noqa: E402
 
 
 async def streaming(url: str, requests: int, in_flight: int) -> float:
-    config = RoleConfig(model="scripted", base_urls=[url], max_concurrency=in_flight)
+    config = OpenAIRole(model="scripted", base_urls=[url], max_concurrency=in_flight)
     async with LLMPool({"evol": config}) as pool:
         async def one(i):
             return await pool["evol"].chat_one([{"role": "user", "content": f"q{i}"}])
@@ -33,7 +38,7 @@ async def streaming(url: str, requests: int, in_flight: int) -> float:
 
 
 async def batch_synchronous(url: str, requests: int, in_flight: int) -> float:
-    config = RoleConfig(model="scripted", base_urls=[url], max_concurrency=in_flight)
+    config = OpenAIRole(model="scripted", base_urls=[url], max_concurrency=in_flight)
     async with LLMPool({"evol": config}) as pool:
         start = time.monotonic()
         for first in range(0, requests, in_flight):

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
 
 from autoevol_train.evol.optimize import OptimizeConfig, run_optimize
-from autoevol_train.llm.scripted_server import LatencyModel, ScriptedServer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the scripted server is a test double: tests/support
+from tests.support.scripted_server import LatencyModel, ScriptedServer  # noqa: E402
 
 ROUNDS = 2
 

@@ -110,7 +110,7 @@ def vllm_server(tiny_llama, tmp_path_factory) -> str:
 @pytest.fixture
 def scripted_server():
     """Factory: ``scripted_server(rule, faults=..., latency=...)`` → a started ScriptedServer, stopped after."""
-    from autoevol_train.llm.scripted_server import ScriptedServer
+    from tests.support.scripted_server import ScriptedServer
 
     servers = []
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from autoevol_train.config import ConfigError, StrictModel, dump_config, load_config
-from autoevol_train.llm.client import RoleConfig
+from autoevol_train.llm.types import RoleConfig
 from autoevol_train.rundir import RunDir
 
 

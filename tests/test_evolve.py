@@ -17,7 +17,7 @@ import pytest
 from autoevol_train.config import ConfigError, InputError, load_config, parse_config
 from autoevol_train.data.writers import load_written_dataset
 from autoevol_train.evol.evolve import EvolveConfig, run_evolve
-from autoevol_train.llm.scripted_server import Faults, Reply
+from tests.support.scripted_server import Faults, Reply
 
 _INSTRUCTION = re.compile(r"(?:#Instruction#:\n|#Given (?:Prompt|Question)#:\n)(.*?)(?:\n#(?:Rewritten|Created) "
                           r"(?:Prompt|Question)#:.*)?\Z", re.DOTALL)

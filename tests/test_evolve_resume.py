@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from autoevol_train.data.parts import completed_keys
-from autoevol_train.llm.scripted_server import LatencyModel
+from tests.support.scripted_server import LatencyModel
 
 REPO = Path(__file__).resolve().parents[1]
 COMPARED = ("README.md", "rejects.jsonl", "contamination.jsonl", "stats.json")

@@ -8,8 +8,8 @@ import pytest
 
 from autoevol_train.config import InputError, parse_config
 from autoevol_train.evol.failures import FailureRules, check_evolution, evol_failure, judge_equal
-from autoevol_train.llm.client import LLMPool, RoleConfig
-from autoevol_train.llm.types import Completion
+from autoevol_train.llm.client import LLMPool
+from autoevol_train.llm.types import Completion, OpenAIRole
 
 PAPER = FailureRules()
 F_ONLY = FailureRules(elimination=False)
@@ -83,7 +83,7 @@ def test_judge_equal_reads_the_verdict(scripted_server):
     server = scripted_server(rule)
 
     async def main():
-        async with LLMPool({"evol": RoleConfig(model="judge", base_urls=[server.base_url])}) as pool:
+        async with LLMPool({"evol": OpenAIRole(model="judge", base_urls=[server.base_url])}) as pool:
             return [await judge_equal(pool["evol"], ORIGINAL, text)
                     for text in (EVOLVED, "the same task", "something else")]
 

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from autoevol_train.llm.client import LLMPool, RoleConfig
+from autoevol_train.llm.client import LLMPool
 from autoevol_train.llm.journal import Journal
 from autoevol_train.llm.scheduler import stream_map
-from autoevol_train.llm.scripted_server import Faults, LatencyModel, Reply
+from autoevol_train.llm.types import OpenAIRole, TransformersRole
+from tests.support.scripted_server import Faults, LatencyModel, Reply
 
 HERE = Path(__file__).parent
 
@@ -29,7 +30,7 @@ def ask(n: int, i: int) -> list[dict[str, str]]:
 
 @pytest.mark.slow
 def test_vllm_server_samples_seeds_and_labels(vllm_server, tmp_path):
-    config = RoleConfig(model="tiny", base_urls=[vllm_server], max_tokens=24, temperature=0.9)
+    config = OpenAIRole(model="tiny", base_urls=[vllm_server], max_tokens=24, temperature=0.9)
 
     async def main():
         async with LLMPool({"evol": config}) as pool:
@@ -57,7 +58,7 @@ def test_vllm_server_samples_seeds_and_labels(vllm_server, tmp_path):
 
 @pytest.mark.slow
 def test_vllm_server_through_journal_resumes_without_calls(vllm_server, tmp_path):
-    config = RoleConfig(model="tiny", base_urls=[vllm_server], max_tokens=16, temperature=0.7, seed=3)
+    config = OpenAIRole(model="tiny", base_urls=[vllm_server], max_tokens=16, temperature=0.7, seed=3)
 
     async def run(journal_path):
         journal = Journal(journal_path)
@@ -89,7 +90,7 @@ def test_vllm_offline_engine_backend(tiny_llama, tmp_path):
 # --- in-process transformers backend (the quickstart's default) ------------------------------------------
 
 def test_transformers_backend_is_deterministic_and_labels_truncation(tiny_llama):
-    config = RoleConfig(backend="transformers", model=str(tiny_llama), max_tokens=12, temperature=0.8, seed=1)
+    config = TransformersRole(model=str(tiny_llama), max_tokens=12, temperature=0.8, seed=1)
 
     async def main():
         async with LLMPool({"evol": config, "responder": config.model_copy(update={"temperature": 0.0})}) as pool:
@@ -115,7 +116,7 @@ def test_fault_injection_1000_requests_none_lost_none_duplicated(scripted_server
     # The timeout only has to cut the injected hangs; it is generous because the server shares this process's
     # GIL with 128 in-flight requests on a 2-core CI box, and a slower-than-timeout healthy attempt would be a
     # retry no fault explains.
-    config = RoleConfig(model="scripted", base_urls=[server.base_url], timeout_s=3.0, max_retries=8,
+    config = OpenAIRole(model="scripted", base_urls=[server.base_url], timeout_s=3.0, max_retries=8,
                         retry_initial_s=0.01, max_concurrency=64)
 
     async def main():
@@ -140,7 +141,7 @@ def test_fault_injection_1000_requests_none_lost_none_duplicated(scripted_server
 def test_retries_give_up_with_a_reason_and_client_errors_are_not_retried(scripted_server):
     always_500 = scripted_server(lambda body, i: Reply(status=503, content="overloaded"))
     bad_request = scripted_server(lambda body, i: Reply(status=400, content="bad request"))
-    config = RoleConfig(model="m", base_urls=[always_500.base_url], max_retries=3, retry_initial_s=0.01)
+    config = OpenAIRole(model="m", base_urls=[always_500.base_url], max_retries=3, retry_initial_s=0.01)
 
     async def main():
         async with LLMPool({"a": config, "b": config.model_copy(update={"base_urls": [bad_request.base_url]})}) as pool:
@@ -157,7 +158,7 @@ def test_empty_and_length_answers_are_labelled(scripted_server):
     server = scripted_server(lambda body, i: replies[body["messages"][-1]["content"]])
 
     async def main():
-        async with LLMPool({"r": RoleConfig(model="m", base_urls=[server.base_url])}) as pool:
+        async with LLMPool({"r": OpenAIRole(model="m", base_urls=[server.base_url])}) as pool:
             return [await pool["r"].chat_one([{"role": "user", "content": k}]) for k in ("empty", "cut")]
 
     empty, cut = asyncio.run(main())
@@ -168,7 +169,7 @@ def test_empty_and_length_answers_are_labelled(scripted_server):
 def test_endpoints_are_balanced_by_load(scripted_server):
     fast = scripted_server(latency=LatencyModel(median_s=0.01, slots=8))
     slow = scripted_server(latency=LatencyModel(median_s=0.2, slots=8))
-    config = RoleConfig(model="m", base_urls=[fast.base_url, slow.base_url], max_concurrency=8)
+    config = OpenAIRole(model="m", base_urls=[fast.base_url, slow.base_url], max_concurrency=8)
 
     async def main():
         async with LLMPool({"r": config}) as pool:
@@ -248,3 +249,114 @@ def _journal_requests(path: Path) -> list[str]:
     import sqlite3
     with sqlite3.connect(path / "calls.sqlite") as db:
         return [row[0] for row in db.execute("SELECT request FROM calls")]
+
+
+# --- the package's structure ---------------------------------------------------------------------------------
+
+def _package_import_graph(type_only: bool) -> dict[str, set[str]]:
+    """module → the package modules it imports anywhere in its source (top level and inside functions, where
+    heavy imports are deferred); with `type_only`, also those under ``if TYPE_CHECKING:``."""
+    import ast
+
+    root = HERE.parent / "autoevol_train"
+    modules = {".".join(("autoevol_train", *p.relative_to(root).with_suffix("").parts)).removesuffix(".__init__"): p
+               for p in root.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text())
+        typing_only = {id(inner) for node in ast.walk(tree)
+                       if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING")
+                       for inner in ast.walk(node)}
+        edges = graph.setdefault(name, set())
+        for node in ast.walk(tree):
+            if id(node) in typing_only and not type_only:
+                continue
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [f"{node.module}.{alias.name}" for alias in node.names] + [node.module]
+            else:
+                continue
+            edges.update(t for t in targets if t in modules and t != name)
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    state: dict[str, str] = {}
+    cycles: list[list[str]] = []
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = "open"
+        for target in sorted(graph[module]):
+            if state.get(target) == "open":
+                cycles.append(path[path.index(target):] + [target])
+            elif target not in state:
+                visit(target, path + [target])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    return cycles
+
+
+def test_package_has_no_import_cycles():
+    """No cycle among the package's runtime imports; in the LLM layer not even through type-only imports
+    (the backends import their config from types.py, never from client.py)."""
+    runtime = _package_import_graph(type_only=False)
+    assert "autoevol_train.llm.client" in runtime["autoevol_train.evol.evolve"]  # the walk sees imports
+    assert _cycles(runtime) == []
+    typed = _package_import_graph(type_only=True)
+    llm = {m: {t for t in targets if t.startswith("autoevol_train.llm")}
+           for m, targets in typed.items() if m.startswith("autoevol_train.llm")}
+    assert "autoevol_train.llm.openai_backend" in llm["autoevol_train.llm.client"]  # lazy imports are walked
+    assert _cycles(llm) == []
+
+
+def test_backends_implement_the_protocol_and_are_typed():
+    import inspect
+    import typing
+
+    from autoevol_train.llm.client import LLMClient
+    from autoevol_train.llm.hf_backend import TransformersBackend
+    from autoevol_train.llm.openai_backend import OpenAIBackend
+    from autoevol_train.llm.types import Backend, VLLMRole
+    from autoevol_train.llm.vllm_backend import VLLMBackend
+
+    members = [name for name in vars(Backend) if not name.startswith("_")]
+    assert {"generate", "aclose"} <= set(members)
+    for backend in (OpenAIBackend, VLLMBackend, TransformersBackend):
+        for member in members:
+            assert inspect.iscoroutinefunction(getattr(backend, member)), (backend.__name__, member)
+    assert typing.get_type_hints(LLMClient.__init__)["backend"] is Backend
+    assert typing.get_type_hints(VLLMBackend.__init__)["config"] is VLLMRole
+
+
+def test_role_configs_pick_their_model_by_backend_and_name_keys_as_written(tmp_path):
+    from autoevol_train.config import ConfigError, StrictModel, load_config
+    from autoevol_train.evol.optimize import OptimizeLLMConfig
+    from autoevol_train.llm.types import RoleConfig, VLLMRole
+
+    class Roles(StrictModel):
+        a: RoleConfig
+        b: RoleConfig | None = None
+
+    path = tmp_path / "roles.yaml"
+    path.write_text("a: {model: m}\nb: {backend: vllm, model: /models/m, dtype: bfloat16}\n")
+    roles = load_config(Roles, path)
+    assert isinstance(roles.a, OpenAIRole) and roles.a.base_urls == ["http://127.0.0.1:8000/v1"]
+    assert isinstance(roles.b, VLLMRole) and roles.b.dtype == "bfloat16"
+    for text, message in [("a: {model: m, max_tokens: many}", "roles.yaml: a.max_tokens: expected int"),
+                          ("a: {backend: vllm, model: m, base_urls: [x]}", "roles.yaml: a.base_urls: unknown key"),
+                          ("a: {backend: tgi, model: m}", "roles.yaml: a.backend: Input should be 'openai', 'vllm' or 'transformers'")]:
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            load_config(Roles, path)
+
+    # The optimizer role keeps the paper's sampling as defaults, whatever the backend; set keys win.
+    llm = OptimizeLLMConfig.model_validate({"evol": {"model": "m"}, "optimizer": {"model": "m", "top_p": 0.9}})
+    assert (llm.optimizer.temperature, llm.optimizer.top_p, llm.optimizer.max_tokens) == (0.6, 0.9, 4096)
+    assert llm.optimizer.timeout_s == 600.0 and llm.evol.temperature == 0.0
+    local = OptimizeLLMConfig.model_validate({"evol": {"model": "m"},
+                                              "optimizer": {"backend": "transformers", "model": "m"}})
+    assert isinstance(local.optimizer, TransformersRole) and local.optimizer.temperature == 0.6

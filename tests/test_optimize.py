@@ -22,7 +22,7 @@ import yaml
 from autoevol_train.config import InputError, load_config
 from autoevol_train.evol.methods import initial_method
 from autoevol_train.evol.optimize import OptimizeConfig, extract_optimized_method, run_optimize
-from autoevol_train.llm.scripted_server import LatencyModel, Reply
+from tests.support.scripted_server import LatencyModel, Reply
 
 REPO = Path(__file__).resolve().parents[1]
 SUFFIX = " Show every step and state the units of the result."

@@ -10,8 +10,8 @@ import pytest
 
 from autoevol_train.config import StrictModel
 from autoevol_train.errors import EndpointError, InputError
-from autoevol_train.llm.client import RoleConfig
 from autoevol_train.llm.scheduler import map_in_order
+from autoevol_train.llm.types import OpenAIRole
 from autoevol_train.stage import StageRun
 
 
@@ -54,7 +54,7 @@ def test_input_error_on_an_existing_directory_leaves_it_as_it_was(tmp_path):
 ])
 def test_other_failures_mark_the_manifest_and_close_the_journal(tmp_path, error, status, reason):
     async def work(stage: StageRun) -> None:
-        async with stage.pool({"evol": RoleConfig(model="m")}):
+        async with stage.pool({"evol": OpenAIRole(model="m")}):
             raise error
 
     with pytest.raises(type(error)):

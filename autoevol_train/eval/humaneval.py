@@ -29,7 +29,7 @@ from autoevol_train.config import InputError, StrictModel
 from autoevol_train.eval import load_prompt
 from autoevol_train.eval.records import BenchmarkResult, EvalContext
 from autoevol_train.eval.sandbox import Limits, Outcome, Sandbox
-from autoevol_train.llm.client import Progress
+from autoevol_train.progress import Progress
 
 __all__ = ["NAME", "Config", "load", "run", "decontamination_texts", "load_problems", "chat_messages", "sanitise",
            "program", "pass_at_k", "score_samples"]

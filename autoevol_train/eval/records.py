@@ -10,8 +10,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from autoevol_train.llm.client import LLMPool, Progress
+from autoevol_train.llm.client import LLMPool
 from autoevol_train.llm.scheduler import map_in_order
+from autoevol_train.progress import Progress
 
 __all__ = ["EvalContext", "BenchmarkResult"]
 

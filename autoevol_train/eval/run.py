@@ -25,7 +25,7 @@ from pydantic import Field, create_model, model_validator
 from autoevol_train.config import StrictModel
 from autoevol_train.eval.benchmarks import BENCHMARKS, BY_NAME
 from autoevol_train.eval.records import BenchmarkResult, EvalContext
-from autoevol_train.llm.client import RoleConfig
+from autoevol_train.llm.types import RoleConfig
 from autoevol_train.rundir import write_atomic
 from autoevol_train.stage import StageRun
 

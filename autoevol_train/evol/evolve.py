@@ -41,9 +41,10 @@ from autoevol_train.evol.failures import FailureRules
 from autoevol_train.evol.methods import (EvolvingMethod, evol_instruct_methods, load_method, load_prompt,
                                          starting_method)
 from autoevol_train.evol.records import EvolvedRow, ItemRecord, Reject
-from autoevol_train.llm.client import LLMClient, Progress, RoleConfig
+from autoevol_train.llm.client import LLMClient
 from autoevol_train.llm.scheduler import stream_map
-from autoevol_train.llm.types import Completion
+from autoevol_train.llm.types import Completion, RoleConfig
+from autoevol_train.progress import Progress
 from autoevol_train.rundir import write_atomic
 from autoevol_train.stage import StageRun
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt
+from pydantic import Field, PositiveInt
 
 from autoevol_train.config import InputError, StrictModel
 from autoevol_train.evol.attempt import Attempt, evolve_once, evolve_text, tokens
@@ -40,26 +40,23 @@ from autoevol_train.evol.failures import FailureRules
 from autoevol_train.evol.methods import INSTRUCTION_LABEL, EvolvingMethod, fill, load_prompt, starting_method
 from autoevol_train.evol.records import DevRow, HistoryRow, best_so_far
 from autoevol_train.data.formats import SeedSource, iter_seed_rows
-from autoevol_train.llm.client import LLMClient, LLMPool, Progress, RoleConfig
+from autoevol_train.llm.client import LLMClient, LLMPool
 from autoevol_train.llm.scheduler import map_in_order
-from autoevol_train.llm.types import Completion
+from autoevol_train.llm.types import Completion, RoleConfig, role_with_defaults
+from autoevol_train.progress import Progress
 from autoevol_train.rundir import write_atomic
 from autoevol_train.stage import StageRun
 
 __all__ = ["OptimizeConfig", "run_optimize", "load_seed_instructions", "extract_optimized_method"]
 
-class OptimizerRoleConfig(RoleConfig):
-    """The optimizer role, with the paper's sampling as defaults (the official code decodes greedily)."""
-
-    temperature: float = 0.6
-    top_p: float = 0.95
-    max_tokens: PositiveInt = 4096
-    timeout_s: PositiveFloat = 600.0
+# The optimizer role, with the paper's sampling as defaults (the official code decodes greedily).
+OptimizerRoleConfig = role_with_defaults(temperature=0.6, top_p=0.95, max_tokens=4096, timeout_s=600.0)
 
 
 class OptimizeLLMConfig(StrictModel):
     evol: RoleConfig = Field(description="rewrites instructions and answers them (paper: temperature 0)")
-    optimizer: OptimizerRoleConfig = Field(description="analyses trajectories and rewrites the method")
+    optimizer: OptimizerRoleConfig = Field(description="analyses trajectories and rewrites the method "
+                                           "(defaults: temperature 0.6, top_p 0.95, max_tokens 4096, timeout_s 600)")
 
 
 class OptimizeConfig(StrictModel):

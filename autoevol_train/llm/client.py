@@ -13,51 +13,15 @@ LLM and the responder.
 from __future__ import annotations
 
 import asyncio
-import json
-import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field, PositiveFloat, PositiveInt
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
-from tqdm.auto import tqdm
 
-from autoevol_train.config import StrictModel
 from autoevol_train.llm.journal import Journal, call_key
-from autoevol_train.llm.types import Completion, FatalRequestError, Messages, RetryableError, Sampling
-
-
-class RoleConfig(StrictModel):
-    """How one role reaches its model and samples from it."""
-
-    backend: Literal["openai", "vllm", "transformers"] = Field(
-        "openai", description="openai: any OpenAI-compatible server (vLLM's first); vllm: vLLM's offline engine "
-        "in this process; transformers: in-process generation for small models, no server needed")
-    model: str = Field(description="served model name (openai) or a local path / hub id (vllm, transformers)")
-    base_urls: list[str] = Field(["http://127.0.0.1:8000/v1"],
-                                 description="openai backend: endpoints, balanced by requests in flight")
-    api_key_env: str | None = Field(None, description="name of the environment variable holding the API key")
-    temperature: float = 0.0
-    top_p: float = 1.0
-    max_tokens: PositiveInt = 1024
-    seed: int | None = None
-    stop: list[str] = []
-    max_concurrency: PositiveInt = Field(64, description="requests of this role in flight at once")
-    timeout_s: PositiveFloat = Field(300.0, description="per-request timeout (openai backend)")
-    max_retries: int = Field(6, ge=0, description="retries of a transient failure (429, 5xx, timeout, bad body)")
-    retry_initial_s: PositiveFloat = Field(1.0, description="first backoff; doubles per retry, with jitter")
-    extra_body: dict[str, Any] = Field({}, description="openai backend: extra request fields (e.g. top_k)")
-    dtype: str = Field("auto", description="vllm / transformers backends: weight dtype")
-    engine_kwargs: dict[str, Any] = Field({}, description="vllm backend: extra vllm.LLM(...) arguments")
-
-    def sampling(self) -> Sampling:
-        return Sampling(self.temperature, self.top_p, self.max_tokens, self.seed, tuple(self.stop))
-
-    def backend_identity(self) -> str:
-        """Roles with equal identities share one backend instance (sampling settings don't matter)."""
-        fields = {"backend", "model", "base_urls", "api_key_env", "timeout_s", "dtype", "engine_kwargs"}
-        return json.dumps(self.model_dump(include=fields), sort_keys=True)
+from autoevol_train.llm.types import (Backend, Completion, FatalRequestError, Messages, OpenAIRole, RetryableError,
+                                      RoleConfig, Sampling, TransformersRole, VLLMRole)
 
 
 @dataclass
@@ -79,7 +43,7 @@ class RoleStats:
 class LLMClient:
     """Chat completions for one role: journal, concurrency bound, retries, accounting."""
 
-    def __init__(self, role: str, config: RoleConfig, backend: Any, journal: Journal | None):
+    def __init__(self, role: str, config: RoleConfig, backend: Backend, journal: Journal | None):
         self.role = role
         self.config = config
         self._backend = backend
@@ -143,23 +107,25 @@ class LLMClient:
         return completions
 
 
-def _make_backend(config: RoleConfig) -> Any:
+def _make_backend(config: RoleConfig) -> Backend:
     # Imported here: each backend pulls in its own heavy library (openai, vllm, torch) only when used.
-    if config.backend == "openai":
-        from autoevol_train.llm.openai_backend import OpenAIBackend
-        return OpenAIBackend(config)
-    if config.backend == "vllm":
-        from autoevol_train.llm.vllm_backend import VLLMBackend
-        return VLLMBackend(config)
-    from autoevol_train.llm.hf_backend import TransformersBackend
-    return TransformersBackend(config)
+    match config:
+        case OpenAIRole():
+            from autoevol_train.llm.openai_backend import OpenAIBackend
+            return OpenAIBackend(config)
+        case VLLMRole():
+            from autoevol_train.llm.vllm_backend import VLLMBackend
+            return VLLMBackend(config)
+        case TransformersRole():
+            from autoevol_train.llm.hf_backend import TransformersBackend
+            return TransformersBackend(config)
 
 
 class LLMPool:
     """The clients of one run, keyed by role, sharing backends and one journal."""
 
     def __init__(self, roles: dict[str, RoleConfig], journal: Journal | None = None):
-        backends: dict[str, Any] = {}
+        backends: dict[str, Backend] = {}
         self.clients: dict[str, LLMClient] = {}
         for role, config in roles.items():
             identity = config.backend_identity()
@@ -187,30 +153,3 @@ class LLMPool:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
-
-
-class Progress:
-    """A progress bar over items with the pool's token throughput: items/s, ETA, tokens/s, failures."""
-
-    def __init__(self, total: int | None, desc: str, pool: LLMPool | None = None, unit: str = "item"):
-        self._bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, mininterval=0.5)
-        self._pool = pool
-        self._start = time.monotonic()
-        self._tokens0 = pool.total_tokens() if pool else 0
-
-    def update(self, n: int = 1, **postfix: Any) -> None:
-        if self._pool is not None:
-            elapsed = max(time.monotonic() - self._start, 1e-9)
-            postfix["tok/s"] = f"{(self._pool.total_tokens() - self._tokens0) / elapsed:.0f}"
-        if postfix:
-            self._bar.set_postfix(postfix, refresh=False)
-        self._bar.update(n)
-
-    def close(self) -> None:
-        self._bar.close()
-
-    def __enter__(self) -> "Progress":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -8,16 +8,12 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
 
-from autoevol_train.llm.types import Completion, FatalRequestError, Messages, Sampling
-
-if TYPE_CHECKING:
-    from autoevol_train.llm.client import RoleConfig
+from autoevol_train.llm.types import Completion, FatalRequestError, Messages, Sampling, TransformersRole
 
 
 class TransformersBackend:
-    def __init__(self, config: RoleConfig):
+    def __init__(self, config: TransformersRole):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -10,20 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-from typing import TYPE_CHECKING
 
 import openai
 
-from autoevol_train.llm.types import Completion, FatalRequestError, Messages, RetryableError, Sampling
-
-if TYPE_CHECKING:
-    from autoevol_train.llm.client import RoleConfig
+from autoevol_train.llm.types import Completion, FatalRequestError, Messages, OpenAIRole, RetryableError, Sampling
 
 _RETRYABLE_STATUS = {408, 409, 425, 429}
 
 
 class OpenAIBackend:
-    def __init__(self, config: RoleConfig):
+    def __init__(self, config: OpenAIRole):
         if config.api_key_env:
             api_key = os.environ.get(config.api_key_env)
             if not api_key:
@@ -31,8 +27,6 @@ class OpenAIBackend:
                                  "(api_key_env) is not set")
         else:
             api_key = "EMPTY"  # local vLLM servers accept any key
-        if not config.base_urls:
-            raise ValueError(f"role model {config.model!r}: base_urls is empty")
         self._model = config.model
         self._extra_body = dict(config.extra_body)
         self._clients = [

@@ -1,8 +1,23 @@
-"""The vocabulary every stage shares with the LLM layer: sampling parameters and completions."""
+"""The vocabulary every stage shares with the LLM layer: role configs, the backend interface, sampling
+parameters and completions.
+
+A role's config is one of three models, chosen by its `backend` key (a discriminated union; "openai" when the
+key is absent, so a recipe names only what differs from an OpenAI-compatible server). Each backend module
+imports its own config model from here and implements `Backend`; `client.py` picks the backend for a config.
+Nothing here imports a backend, so the layer has no import cycle.
+"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
+from typing import Annotated, Any, Literal, Protocol, Union
+
+from pydantic import (BeforeValidator, Discriminator, Field, PositiveFloat, PositiveInt, Tag, ValidationError,
+                      ValidatorFunctionWrapHandler, WrapValidator)
+from pydantic_core import InitErrorDetails
+
+from autoevol_train.config import StrictModel
 
 Messages = list[dict[str, str]]
 
@@ -66,3 +81,115 @@ class RetryableError(Exception):
 
 class FatalRequestError(Exception):
     """A request the backend will never answer (400, 404, context too long): recorded, not retried."""
+
+
+class Backend(Protocol):
+    """What the client needs from a backend. Backends raise `RetryableError` / `FatalRequestError` for a
+    failed request; the client turns them into labelled completions."""
+
+    async def generate(self, messages: Messages, sampling: Sampling, n: int) -> list[Completion]: ...
+
+    async def aclose(self) -> None: ...
+
+
+# --- role configs --------------------------------------------------------------------------------------------
+
+class RoleBase(StrictModel):
+    """What every role has, whatever its backend: the model, its sampling, and the client's limits."""
+
+    model: str = Field(description="served model name (openai) or a local path / hub id (vllm, transformers)")
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: PositiveInt = 1024
+    seed: int | None = None
+    stop: list[str] = []
+    max_concurrency: PositiveInt = Field(64, description="requests of this role in flight at once")
+    max_retries: int = Field(6, ge=0, description="retries of a transient failure (429, 5xx, timeout, bad body)")
+    retry_initial_s: PositiveFloat = Field(1.0, description="first backoff; doubles per retry, with jitter")
+
+    def sampling(self) -> Sampling:
+        return Sampling(self.temperature, self.top_p, self.max_tokens, self.seed, tuple(self.stop))
+
+    def backend_identity(self) -> str:
+        """Roles with equal identities share one backend instance: everything but the role-side fields
+        (sampling, limits) must match."""
+        return json.dumps(self.model_dump(exclude=set(RoleBase.model_fields) - {"model"}), sort_keys=True)
+
+
+class OpenAIRole(RoleBase):
+    """Any OpenAI-compatible chat server (vLLM's first), over HTTP."""
+
+    backend: Literal["openai"] = Field("openai", description="openai: any OpenAI-compatible server")
+    base_urls: list[str] = Field(["http://127.0.0.1:8000/v1"], min_length=1,
+                                 description="endpoints, balanced by requests in flight")
+    api_key_env: str | None = Field(None, description="name of the environment variable holding the API key")
+    timeout_s: PositiveFloat = Field(300.0, description="per-request timeout")
+    extra_body: dict[str, Any] = Field({}, description="extra request fields (e.g. top_k)")
+
+
+class VLLMRole(RoleBase):
+    """vLLM's offline engine in this process (a GPU machine without a server)."""
+
+    backend: Literal["vllm"] = Field("vllm", description="vllm: vLLM's offline engine in this process")
+    dtype: str = Field("auto", description="weight dtype")
+    engine_kwargs: dict[str, Any] = Field({}, description="extra vllm.LLM(...) arguments")
+
+
+class TransformersRole(RoleBase):
+    """In-process generation with transformers, for small models and no server (the CPU quickstart)."""
+
+    backend: Literal["transformers"] = Field("transformers", description="transformers: in-process generation, no server")
+    dtype: str = Field("auto", description="weight dtype")
+
+
+def _backend_tag(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return value.get("backend", "openai")
+    if isinstance(value, RoleBase):
+        return value.backend  # type: ignore[attr-defined]
+    return None
+
+
+def _errors_without_tag(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """Validation errors of a role name its keys as the YAML does (``llm.evol.max_tokens``): pydantic puts the
+    union's tag into the path (``llm.evol.openai.max_tokens``); this takes it out, and words a bad tag."""
+    try:
+        return handler(value)
+    except ValidationError as exc:
+        details: list[InitErrorDetails] = []
+        for error in exc.errors():
+            if error["type"] == "union_tag_invalid":
+                *first, last = error["ctx"]["expected_tags"].split(", ")
+                details.append(InitErrorDetails(type="literal_error", loc=("backend",), input=error["ctx"]["tag"],
+                                                ctx={"expected": f"{', '.join(first)} or {last}"}))
+            elif error["type"] == "union_tag_not_found":
+                details.append(InitErrorDetails(type="model_type", loc=(), input=error["input"],
+                                                ctx={"class_name": "role"}))
+            else:
+                details.append(InitErrorDetails(type=error["type"], loc=error["loc"][1:], input=error["input"],
+                                                ctx=error.get("ctx", {})))
+        raise ValidationError.from_exception_data(exc.title, details) from None
+
+
+RoleConfig = Annotated[
+    Union[Annotated[OpenAIRole, Tag("openai")], Annotated[VLLMRole, Tag("vllm")],
+          Annotated[TransformersRole, Tag("transformers")]],
+    Discriminator(_backend_tag),
+    WrapValidator(_errors_without_tag),
+]
+"""How one role reaches its model and samples from it: one of the backend config models."""
+
+
+def role_with_defaults(**defaults: Any) -> Any:
+    """A role config type whose missing keys take these defaults (only keys the chosen backend has: e.g.
+    `timeout_s` only for openai). Stages use it for roles whose paper defaults differ from the plain role's."""
+
+    def fill(value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        backend = {"openai": OpenAIRole, "vllm": VLLMRole, "transformers": TransformersRole}.get(
+            value.get("backend", "openai"))
+        known = backend.model_fields if backend is not None else {}
+        return {**{k: v for k, v in defaults.items() if k in known}, **value}
+
+    return Annotated[RoleConfig, BeforeValidator(fill)]

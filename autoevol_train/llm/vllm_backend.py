@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from autoevol_train.llm.types import Completion, FatalRequestError, Messages, Sampling
-
-if TYPE_CHECKING:
-    from autoevol_train.llm.client import RoleConfig
+from autoevol_train.llm.types import Completion, FatalRequestError, Messages, Sampling, VLLMRole
 
 
 class VLLMBackend:
-    def __init__(self, config: RoleConfig):
+    def __init__(self, config: VLLMRole):
         from vllm import LLM  # heavy: only imported when a role asks for this backend
 
         self._llm = LLM(model=config.model, dtype=config.dtype, **config.engine_kwargs)

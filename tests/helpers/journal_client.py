@@ -6,14 +6,15 @@ import json
 import sys
 from pathlib import Path
 
-from autoevol_train.llm.client import LLMPool, RoleConfig
+from autoevol_train.llm.client import LLMPool
 from autoevol_train.llm.journal import Journal
 from autoevol_train.llm.scheduler import stream_map
+from autoevol_train.llm.types import OpenAIRole
 from autoevol_train.rundir import write_atomic
 
 
 async def main(base_url: str, journal_path: str, out_path: str, count: int) -> None:
-    config = RoleConfig(model="scripted", base_urls=[base_url], max_concurrency=8, temperature=0.5, seed=1)
+    config = OpenAIRole(model="scripted", base_urls=[base_url], max_concurrency=8, temperature=0.5, seed=1)
     async with LLMPool({"evol": config}, Journal(journal_path)) as pool:
         async def one(i):
             return [c.text for c in await pool["evol"].chat([{"role": "user", "content": f"q{i}"}], n=2)]

@@ -5,13 +5,14 @@ import asyncio
 import json
 import sys
 
-from autoevol_train.llm.client import LLMPool, RoleConfig
+from autoevol_train.llm.client import LLMPool
+from autoevol_train.llm.types import VLLMRole
 
 
 async def main(model: str) -> dict:
-    config = RoleConfig(backend="vllm", model=model, dtype="bfloat16", max_tokens=16, temperature=0.8,
-                        engine_kwargs={"enforce_eager": True, "enable_chunked_prefill": False,
-                                       "max_model_len": 512})
+    config = VLLMRole(model=model, dtype="bfloat16", max_tokens=16, temperature=0.8,
+                    engine_kwargs={"enforce_eager": True, "enable_chunked_prefill": False,
+                                   "max_model_len": 512})
     async with LLMPool({"evol": config}) as pool:
         client = pool["evol"]
         msgs = [[{"role": "user", "content": f"item {i}"}] for i in range(12)]

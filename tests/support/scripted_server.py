@@ -1,4 +1,4 @@
-"""A scripted OpenAI-compatible chat server on 127.0.0.1. It is NOT a language model.
+"""A test double: a scripted OpenAI-compatible chat server on 127.0.0.1. It is NOT a language model.
 
 Its answers follow a rule a test or benchmark sets (a Python function of the request), so tests can demand
 exact behaviour ("the optimizer's second candidate fixes the failure") that no real model gives on cue. It
