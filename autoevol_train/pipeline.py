@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from autoevol_train.config import InputError, StrictModel
 from autoevol_train.eval.run import EvalConfig, run_eval
@@ -39,6 +39,8 @@ class ArmConfig(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="directory name of the arm")
     method: ArmMethod = Field(description="none: the seed data; evol-instruct: the human-designed methods; "
                               "initial / weak: an unoptimised method; optimized: optimize's best method")
+    evolve: dict[str, Any] = Field({}, description="keys of the shared evolve section this arm replaces, merged "
+                                   "key by key (e.g. its filters: the paper filters each arm its own way)")
 
 
 class TinyModelConfig(StrictModel):
@@ -126,6 +128,13 @@ class PipelineConfig(StrictModel):
             raise ValueError("an arm uses method 'optimized' but there is no optimize section")
         if self.eval is not None and self.train is None:
             raise ValueError("eval evaluates each arm's trained model: it needs a train section")
+        for index, arm in enumerate(self.arms):  # each arm's own evolve config is checked now, not at its turn
+            try:
+                arm_evolve_config(self, arm, Path("best_method.txt"))
+            except ValidationError as exc:
+                first = exc.errors(include_url=False)[0]
+                where = ".".join(str(part) for part in first["loc"])
+                raise ValueError(f"arms[{index}].evolve: {where}: {first['msg']}") from None
         return self
 
 
@@ -209,11 +218,48 @@ def _dataset_rows(dataset_dir: Path) -> int:
     return sum(stats["rows"].values())
 
 
-def _arm_evolve_config(config: PipelineConfig, arm: ArmConfig, best_method: Path | None) -> EvolveConfig:
+def arm_evolve_config(config: PipelineConfig, arm: ArmConfig, best_method: Path | None) -> EvolveConfig:
+    """The shared evolve section with the arm's own keys and method."""
     if arm.method == "optimized":
         assert best_method is not None
-        return config.evolve.model_copy(update={"method": "file", "method_file": str(best_method)})
-    return config.evolve.model_copy(update={"method": arm.method, "method_file": None})
+        method = {"method": "file", "method_file": str(best_method)}
+    else:
+        method = {"method": arm.method, "method_file": None}
+    return EvolveConfig.model_validate(_merged(config.evolve.model_dump(mode="json"), {**arm.evolve, **method}))
+
+
+# Which filter removed a row, by the reason codes of evol/failures.py, data/decontam.py and data/dedup.py.
+# Other rejects (parse failures, request errors, empty answers) are evolutions that did not happen at all.
+FILTER_OF_REASON = {
+    "response_asks_back": "failure detector F", "response_please_provide": "failure detector F",
+    "response_not_possible": "failure detector F", "unchanged": "elimination",
+    "copied_prompt_words": "elimination", "short_sorry": "elimination", "punctuation_only": "elimination",
+    "equal_to_original": "elimination", "response_truncated": "truncated response",
+    "contaminated": "decontamination", "duplicate_of": "deduplication", "near_duplicate_of": "deduplication",
+}
+
+
+def removed_by_filter(stats: dict[str, Any]) -> dict[str, int]:
+    """An evolved dataset's rejects (its stats.json) grouped by the filter that removed them."""
+    removed: dict[str, int] = {}
+    for reason, count in stats.get("rejected_by_reason", {}).items():
+        name = FILTER_OF_REASON.get(reason, "not evolved (parse or request failure)")
+        removed[name] = removed.get(name, 0) + count
+    return removed
+
+
+def _write_filters(output_dir: Path, config: PipelineConfig, best_method: Path | None) -> None:
+    """`filters.json`: per arm, the filters it applied and how many rows each removed."""
+    summary = {}
+    for arm in config.arms:
+        evolve = arm_evolve_config(config, arm, best_method)
+        stats = json.loads((output_dir / arm.name / "evolve" / "dataset" / "stats.json").read_text())
+        summary[arm.name] = {
+            "applied": {"failures": evolve.failures.model_dump(mode="json"),
+                        "dedup": evolve.dedup.model_dump(mode="json", include={"exact", "near", "near_threshold"}),
+                        "decontam": evolve.decontam.model_dump(mode="json", include={"enabled", "remove_at"})},
+            "seeds": stats["seeds"], "rows": sum(stats["rows"].values()), "removed": removed_by_filter(stats)}
+    write_atomic(output_dir / "filters.json", json.dumps(summary, indent=2) + "\n")
 
 
 def _write_train_recipe(config: TrainStageConfig, dataset_dir: Path, stage_dir: Path) -> Path:
@@ -261,7 +307,7 @@ def _run_pipeline_in(pipeline_run: StageRun, config: PipelineConfig) -> Path:
         best_method = stage.path / "best_method.txt"
 
     for arm in config.arms:
-        evolve_config = _arm_evolve_config(config, arm, best_method)
+        evolve_config = arm_evolve_config(config, arm, best_method)
         evolve_fp = _fingerprint("evolve", evolve_config.model_dump(mode="json"),
                                  optimize_fp if arm.method == "optimized" else None)
         evolve = Stage(output_dir / arm.name / "evolve", f"{arm.name}/evolve", evolve_fp)
@@ -293,6 +339,7 @@ def _run_pipeline_in(pipeline_run: StageRun, config: PipelineConfig) -> Path:
         evaluation = Stage(output_dir / arm.name / "eval", f"{arm.name}/eval", eval_fp)
         ran[evaluation.name] = evaluation.run(lambda: run_eval(eval_config, evaluation.path), log)
 
+    _write_filters(output_dir, config, best_method)
     report = build_report(output_dir, config)
     run_dir.finish(stages_run=ran, report=str(report))
     log(f"report: {report}")

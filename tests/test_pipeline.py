@@ -219,8 +219,8 @@ def test_stage_file_reference_overrides_and_command_line(tmp_path, monkeypatch):
         "evolve": {"file": str(Path("..") / Path(os.path.relpath(DOMAINS, tmp_path)) / "math" / "evolve.yaml"),
                    "overrides": {"rounds": 3, "llm": {"evol": {"max_concurrency": 4}}}}}))
     monkeypatch.chdir(tmp_path)
-    config = load_config(PipelineConfig, pipeline, ["evolve.rounds=2", "evolve.dedup.near=false"])
-    assert config.evolve.rounds == 2 and not config.evolve.dedup.near and config.evolve.dedup.exact
+    config = load_config(PipelineConfig, pipeline, ["evolve.rounds=2", "evolve.dedup.exact=true"])
+    assert config.evolve.rounds == 2 and config.evolve.dedup.exact and not config.evolve.dedup.near
     assert config.evolve.llm.evol.max_concurrency == 4 and config.evolve.llm.evol.model == "gpt-4"
     assert config.evolve.seeds.path == "openai/gsm8k"
 
