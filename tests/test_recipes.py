@@ -99,3 +99,11 @@ def test_removed_by_filter_groups_every_reason():
     assert removed_by_filter(stats) == {"failure detector F": 3, "elimination": 4, "decontamination": 4,
                                         "deduplication": 6, "not evolved (parse or request failure)": 8,
                                         "truncated response": 2}
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "recipes" / "domains").glob("*/optimize*.yaml")),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_optimize_recipes_use_the_stopping_rule_a_tie_cannot_trigger(recipe):
+    config = load_config(OptimizeConfig, recipe)
+    default = OptimizeConfig.model_fields["patience"].default
+    assert config.early_stopping and config.patience == default > 1
