@@ -56,7 +56,7 @@ class StageRun:
         self._before = _files(self.path)
         self._kept = {name: (self.path / name).read_bytes() for name in _BOOKKEEPING
                       if (self.path / name).is_file()}
-        self._calls_started = False
+        self._pools: list[LLMPool] = []
         self.run_dir: RunDir
 
     def __enter__(self) -> StageRun:
@@ -81,7 +81,7 @@ class StageRun:
 
     def _untouched(self) -> bool:
         """No LLM call was made and no file but the bookkeeping changed: the attempt did no work."""
-        if self._calls_started:
+        if any(usage["samples"] for pool in self._pools for usage in pool.usage().values()):
             return False
         changed = {name for name, stamp in _files(self.path).items() if self._before.get(name) != stamp}
         return changed <= set(_BOOKKEEPING) | {self.run_dir.journal_path.name}
@@ -105,7 +105,7 @@ class StageRun:
         journal = Journal(self.run_dir.journal_path)
         try:
             async with LLMPool(roles, journal) as pool:
-                self._calls_started = True
+                self._pools.append(pool)
                 yield pool
         finally:
             journal.close()

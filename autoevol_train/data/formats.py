@@ -13,10 +13,10 @@ responses, SFT) sees one shape:
 | self_instruct | instruction, instances: [{input, output}] | user: instruction + first instance's input; assistant: its output |
 
 A source is a local ``.json`` (a list, or JSON lines), ``.jsonl``, ``.jsonl.gz`` or ``.parquet`` file, or a
-hub dataset name (or a local dataset directory, such as one `autoevol evolve` wrote) read with
-``datasets.load_dataset(..., streaming=True)``. Rows are read lazily (JSON lines
-and parquet row by row, hub datasets streamed), so a million seeds never sit in memory at once; a ``.json``
-array is the exception, `json` has to parse it whole.
+hub dataset name (or a local dataset directory, such as one `autoevol evolve` wrote), read by `data/reader.py`
+(the one rule for "local file or hub dataset"). Rows are read lazily (JSON lines and parquet row by row, hub
+datasets streamed), so a million seeds never sit in memory at once; a ``.json`` array is the exception, `json`
+has to parse it whole.
 
 A malformed row raises `InputError` naming the file, the row (1-based) and the field; with
 ``skip_malformed: true`` it is skipped and counted instead (`LoadReport`).
@@ -24,8 +24,6 @@ A malformed row raises `InputError` naming the file, the row (1-based) and the f
 
 from __future__ import annotations
 
-import gzip
-import json
 import random
 from collections import Counter
 from collections.abc import Iterator
@@ -36,12 +34,12 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from autoevol_train.config import InputError, StrictModel
+from autoevol_train.data.reader import BadRow, is_local, iter_raw_rows
 
 __all__ = ["SeedSource", "LoadReport", "iter_seed_rows", "to_messages", "detect_format", "FORMATS"]
 
 Format = Literal["auto", "alpaca", "code_alpaca", "sharegpt", "messages", "gsm8k", "self_instruct"]
 FORMATS = ("alpaca", "code_alpaca", "sharegpt", "messages", "gsm8k", "self_instruct")
-_LOCAL_SUFFIXES = (".json", ".jsonl", ".jsonl.gz", ".json.gz", ".parquet")
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                    "chatgpt": "assistant", "bard": "assistant", "bing": "assistant", "model": "assistant",
                    "system": "system"}
@@ -70,7 +68,7 @@ class SeedSource(StrictModel):
 
     def is_local(self) -> bool:
         """A file read here; anything else (a hub name, a local dataset directory) goes to `load_dataset`."""
-        return self.path.endswith(_LOCAL_SUFFIXES) or Path(self.path).is_file()
+        return is_local(self.path)
 
 
 @dataclass
@@ -185,76 +183,6 @@ def detect_format(row: dict[str, Any]) -> str | None:
     return None
 
 
-def _iter_local(path: Path) -> Iterator[Any]:
-    if not path.is_file():
-        raise InputError(f"{path}: no such seed file")
-    name = path.name.lower()
-    if name.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-            yield from batch.to_pylist()
-        return
-    opener = gzip.open if name.endswith(".gz") else open
-    with opener(path, "rb") as handle:
-        head = handle.read(4096)
-        if head.lstrip().startswith(b"["):  # one JSON array: has to be parsed whole
-            data = head + handle.read()
-            try:
-                rows = json.loads(data.decode("utf-8"))
-            except UnicodeDecodeError as exc:
-                line = data.count(b"\n", 0, exc.start) + 1
-                raise InputError(f"{path.name}: line {line}: not UTF-8 text (byte offset {exc.start})") from None
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path.name}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
-            if not isinstance(rows, list):
-                raise InputError(f"{path.name}: expected a JSON array of rows or JSON lines")
-            yield from rows
-            return
-        offset = 0
-        for raw_line in _prepend(head, handle):
-            start, offset = offset, offset + len(raw_line)
-            try:
-                line = raw_line.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield _BadJSON(f"not UTF-8 text (byte offset {start + exc.start} in the file)")
-                continue
-            if not line.strip():
-                yield None  # keeps row numbers equal to line numbers; skipped by the caller
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield _BadJSON(f"invalid JSON ({exc.msg})")
-
-
-def _prepend(head: bytes, handle: Any) -> Iterator[bytes]:
-    """The lines of a binary file whose first `head` bytes were already read."""
-    lines = head.split(b"\n")
-    tail = lines.pop()  # the (possibly partial) last line of the head
-    for line in lines:
-        yield line + b"\n"
-    yield tail + handle.readline()
-    yield from handle
-
-
-@dataclass
-class _BadJSON:
-    problem: str
-
-
-def _iter_hub(source: SeedSource) -> Iterator[Any]:
-    import datasets
-
-    try:
-        dataset = datasets.load_dataset(source.path, source.hub_config, split=source.split,
-                                        data_files=source.data_files, streaming=True)
-    except Exception as exc:  # datasets raises many types for "not found / offline / no such split"
-        raise InputError(f"{source.path}: cannot load hub dataset (split {source.split!r}): "
-                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-    yield from dataset
-
-
 def iter_seed_rows(source: SeedSource, report: LoadReport | None = None) -> Iterator[dict[str, Any]]:
     """Rows of `source` as ``{id, messages, source, format}``, lazily, in file order (`limit`: the first N;
     `sample`: a seeded random N, drawn by reservoir sampling so only N rows are ever held).
@@ -293,7 +221,7 @@ def _reservoir(rows: Iterator[dict[str, Any]], size: int, rng: random.Random) ->
 
 def _iter_rows(source: SeedSource, report: LoadReport) -> Iterator[dict[str, Any]]:
     local = source.is_local()
-    raw_rows = _iter_local(Path(source.path)) if local else _iter_hub(source)
+    raw_rows = iter_raw_rows(source.path, source.hub_config, source.split, source.data_files, what="seed file")
     name = Path(source.path).name if local else source.path
     stem = name.split(".")[0] if local else source.path.replace("/", "_")
     fmt = None if source.format == "auto" else source.format
@@ -301,7 +229,7 @@ def _iter_rows(source: SeedSource, report: LoadReport) -> Iterator[dict[str, Any
         if raw is None:
             continue
         try:
-            if isinstance(raw, _BadJSON):
+            if isinstance(raw, BadRow):
                 raise MalformedRow("<row>", raw.problem)
             if not isinstance(raw, dict):
                 raise MalformedRow("<row>", f"expected a JSON object, got {type(raw).__name__}")
