@@ -19,6 +19,7 @@ import gzip
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,7 @@ def read_text(path: str | Path, what: str = "file") -> str:
         raise InputError(f"{path}: line {line}: not UTF-8 text (byte offset {exc.start})") from None
 
 
+@cache
 def load_prompt(package: str, name: str) -> str:
     """A prompt shipped with the package: ``autoevol_train/<package>/prompts/<name>``."""
     return resources.files(f"autoevol_train.{package}").joinpath("prompts", name).read_text(encoding="utf-8")

@@ -18,13 +18,12 @@ import asyncio
 import json
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Literal, TypedDict
 
 from pydantic import Field, PositiveInt
 
 from autoevol_train.config import InputError, StrictModel
-from autoevol_train.eval import load_prompt
+from autoevol_train.data.reader import is_local, load_prompt, read_rows, read_text
 from autoevol_train.eval.records import BenchmarkResult, EvalContext
 
 __all__ = ["NAME", "Config", "run", "decontamination_texts", "load_rows", "judge_messages", "parse_verdict",
@@ -52,20 +51,11 @@ class Config(StrictModel):
 
 
 def load_rows(config: Config) -> list[dict[str, Any]]:
-    path = Path(config.baseline)
-    if path.suffix in (".json", ".jsonl") or path.exists():
-        if not path.is_file():
-            raise InputError(f"{path}: no such baseline file")
-    else:  # AlpacaEval's hub repository holds one JSON file per baseline (its loading script is not needed)
+    path = config.baseline
+    if not is_local(path):  # AlpacaEval's hub repository holds one JSON file per baseline (no loading script)
         from huggingface_hub import hf_hub_download
-        path = Path(hf_hub_download(config.baseline, f"{config.hub_config}.json", repo_type="dataset"))
-    text = path.read_text(encoding="utf-8")
-    try:
-        rows = json.loads(text) if path.suffix == ".json" else [json.loads(l) for l in text.splitlines() if l.strip()]
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
-    if not isinstance(rows, list):
-        raise InputError(f"{path}: expected a list of {{instruction, output}} rows")
+        path = hf_hub_download(config.baseline, f"{config.hub_config}.json", repo_type="dataset")
+    rows = read_rows(path, "baseline file")
     for number, row in enumerate(rows, start=1):
         for field in ("instruction", "output"):
             if not isinstance(row, dict) or not isinstance(row.get(field), str):
@@ -94,9 +84,10 @@ class Record(TypedDict):
 
 def judge_messages(config: Config, instruction: str, output_a: str, output_b: str
                    ) -> list[dict[str, str]]:
-    system = (Path(config.system_prompt_file).read_text() if config.system_prompt_file
-              else load_prompt("alpaca_pairwise_system.txt"))
-    user = Path(config.prompt_file).read_text() if config.prompt_file else load_prompt("alpaca_pairwise_user.txt")
+    system = (read_text(config.system_prompt_file, "prompt file") if config.system_prompt_file
+              else load_prompt("eval", "alpaca_pairwise_system.txt"))
+    user = (read_text(config.prompt_file, "prompt file") if config.prompt_file
+            else load_prompt("eval", "alpaca_pairwise_user.txt"))
     filled = user.replace("{instruction}", instruction).replace("{output_a}", output_a).replace(
         "{output_b}", output_b)
     return [{"role": "system", "content": system.strip()}, {"role": "user", "content": filled.strip()}]

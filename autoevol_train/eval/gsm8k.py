@@ -22,13 +22,12 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Literal, TypedDict
 
 from pydantic import Field, PositiveInt
 
 from autoevol_train.config import InputError, StrictModel
-from autoevol_train.eval import load_prompt
+from autoevol_train.data.reader import load_prompt, read_rows, read_text
 from autoevol_train.eval.records import BenchmarkResult, EvalContext
 
 __all__ = ["NAME", "Config", "load", "run", "decontamination_texts", "extract_strict", "extract_flexible",
@@ -114,12 +113,13 @@ def reference_answer(answer: str) -> str:
 def build_messages(question: str, config: Config) -> list[dict[str, str]]:
     if config.protocol == "8-shot-cot":
         messages = []
-        for line in load_prompt("gsm8k_cot_exemplars.jsonl").splitlines():
+        for line in load_prompt("eval", "gsm8k_cot_exemplars.jsonl").splitlines():
             shot = json.loads(line)
             messages += [{"role": "user", "content": f"Q: {shot['question']}\nA:"},
                          {"role": "assistant", "content": shot["target"]}]
         return messages + [{"role": "user", "content": f"Q: {question}\nA:"}]
-    template = Path(config.prompt_file).read_text() if config.prompt_file else load_prompt("gsm8k_zero_shot.txt")
+    template = (read_text(config.prompt_file, "prompt file") if config.prompt_file
+                else load_prompt("eval", "gsm8k_zero_shot.txt"))
     return [{"role": "user", "content": template.replace("{question}", question).strip()}]
 
 
@@ -129,25 +129,7 @@ def stop_strings(config: Config) -> list[str]:
 
 def load_rows(path: str, limit: int | None = None) -> list[dict[str, Any]]:
     """GSM8K rows (question, answer) from a local JSONL file or the hub (config 'main', split 'test')."""
-    local = Path(path)
-    if local.suffix in (".jsonl", ".json") or local.exists():
-        if not local.is_file():
-            raise InputError(f"{path}: no such GSM8K file")
-        rows = []
-        for number, line in enumerate(local.read_text(encoding="utf-8").splitlines(), start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    raise InputError(f"{path}:row {number}: not valid JSON") from None
-    else:
-        from datasets import load_dataset
-
-        try:
-            rows = list(load_dataset(path, "main", split="test"))
-        except Exception as exc:  # offline / not found / no such split come as many types
-            raise InputError(f"gsm8k: cannot load {path!r} ({type(exc).__name__}); set `path` to a local "
-                             "copy") from None
+    rows = read_rows(path, "GSM8K file", hub_config="main", split="test")
     for number, row in enumerate(rows, start=1):
         for field in ("question", "answer"):
             if not isinstance(row.get(field), str):

