@@ -123,7 +123,7 @@ def test_unknown_shape_and_missing_file(tmp_path):
         _rows(_jsonl(tmp_path / "x.jsonl", [{"text": "hello"}]))
     with pytest.raises(InputError, match="no such seed file"):
         _rows(tmp_path / "missing.jsonl")
-    with pytest.raises(InputError, match="cannot load hub dataset"):
+    with pytest.raises(InputError, match=r"cannot load 'no-such-org/no-such-dataset-xyz' \(hub dataset"):
         _rows("no-such-org/no-such-dataset-xyz")
 
 

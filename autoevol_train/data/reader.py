@@ -149,6 +149,6 @@ def _iter_hub(path: str, hub_config: str | None, split: str, data_files: str | N
     try:
         dataset = datasets.load_dataset(path, hub_config, split=split, data_files=data_files, streaming=True)
     except Exception as exc:  # datasets raises many types for "not found / offline / no such split"
-        raise InputError(f"{path}: cannot load hub dataset (split {split!r}): "
+        raise InputError(f"cannot load {path!r} (hub dataset, split {split!r}): "
                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
     yield from dataset

@@ -129,7 +129,10 @@ def stop_strings(config: Config) -> list[str]:
 
 def load_rows(path: str, limit: int | None = None) -> list[dict[str, Any]]:
     """GSM8K rows (question, answer) from a local JSONL file or the hub (config 'main', split 'test')."""
-    rows = read_rows(path, "GSM8K file", hub_config="main", split="test")
+    try:
+        rows = read_rows(path, "GSM8K file", hub_config="main", split="test")
+    except InputError as exc:
+        raise InputError(f"gsm8k: {exc}") from None
     for number, row in enumerate(rows, start=1):
         for field in ("question", "answer"):
             if not isinstance(row.get(field), str):
