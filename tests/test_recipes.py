@@ -107,3 +107,24 @@ def test_optimize_recipes_use_the_stopping_rule_a_tie_cannot_trigger(recipe):
     config = load_config(OptimizeConfig, recipe)
     default = OptimizeConfig.model_fields["patience"].default
     assert config.early_stopping and config.patience == default > 1
+
+
+def test_reproduce_commands_load():
+    """Every `autoevol run` command of docs/reproduce.md's figure table loads (placeholders filled in)."""
+    import shlex
+
+    doc = (REPO / "docs" / "reproduce.md").read_text()
+    table = doc.split("## Every figure and table the code supports", 1)[1].split("\n## ", 1)[0]
+    commands = [c for c in re.findall(r"`(autoevol run [^`]+)`", table) if "<" not in c]
+    assert len(commands) == 6  # Figs 3, 4, 5a, 5b, 6, Tables 3/8 (Table 2: the pipelines, tested above)
+    filled = {"EVOL35": "optimize.llm.evol.model=gpt-3.5-turbo evolve.llm.evol.model=gpt-3.5-turbo",
+              "=M ": "=3 ", "=S ": "=12 ", "=O ": "=gpt-4 ", "=E ": "=gpt-3.5-turbo "}
+    for command in commands:
+        for placeholder, value in filled.items():
+            command = command.replace(placeholder, value)
+        words = shlex.split(command)[2:]
+        if "--output-dir" in words:
+            at = words.index("--output-dir")
+            del words[at:at + 2]
+        config = load_config(PipelineConfig, REPO / words[0], words[1:])
+        assert config.arms and all(arm_evolve_config(config, arm, Path("b.txt")) for arm in config.arms)

@@ -41,8 +41,6 @@ def _environment() -> dict[str, str]:
 def launch_training(config_path: Path, script_args: list[str]) -> int:
     """Run the recipe under `accelerate launch` with its accelerate config; returns the exit code.
     Paths in recipes and accelerate configs are relative to the repository root, as with the standard line."""
-    if {"-h", "--help"} & set(script_args):  # the recipe's fields: no launcher needed (every rank would print them)
-        return run_single_process(config_path, script_args)
     command = training_command(config_path, script_args)
     print("+ " + " ".join(command[2:]), file=sys.stderr, flush=True)
     return subprocess.run(command, env=_environment()).returncode
