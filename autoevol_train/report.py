@@ -14,6 +14,8 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from autoevol_train.eval.run import format_value
+from autoevol_train.eval.uncertainty import LEVEL, RESAMPLES, arm_differences
 from autoevol_train.rundir import write_atomic
 
 if TYPE_CHECKING:
@@ -106,16 +108,32 @@ def _plot_losses(curves: dict[str, list[tuple[int, float]]], path: Path) -> None
 _COUNTS = ("n", "samples", "failed_requests", "no_verdict", "ties", "unparsed_judgements")
 
 
-def _headline_metrics(results: dict[str, Any]) -> dict[str, float]:
-    """'benchmark metric' → score, for the arms table (counts and per-order details stay in results.md)."""
-    flat: dict[str, float] = {}
+def _headline_metrics(results: dict[str, Any]) -> dict[str, str]:
+    """'benchmark metric' → "score ± standard error", for the arms table (counts and per-order details stay in
+    results.md)."""
+    flat: dict[str, str] = {}
     for benchmark, block in results.get("benchmarks", {}).items():
         for metric, value in block.get("metrics", {}).items():
             if metric in _COUNTS or "model_first" in metric or "model_second" in metric:
                 continue
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                flat[f"{benchmark} {metric}"] = float(value)
+                stderr = block["stderr"].get(metric)
+                flat[f"{benchmark} {metric}"] = format_value(float(value)) + (
+                    f" ± {format_value(stderr)}" if stderr is not None else "")
     return flat
+
+
+def _differences_table(arm_results: dict[str, dict[str, Any]]) -> str:
+    """Each pair of arms on each metric: the paired difference and its bootstrap interval."""
+    differences = arm_differences(arm_results)
+    if not differences:
+        return ""
+    rows = [[d.benchmark, d.metric, f"{d.second} − {d.first}", d.items, f"{d.difference:+.2f}",
+             f"[{d.low:+.2f}, {d.high:+.2f}]", "yes" if d.excludes_zero else "no"] for d in differences]
+    return (f"<h3>Differences between arms</h3><p class='note'>Second arm minus first, paired over the items both "
+            f"answered; {LEVEL:.0%} percentile bootstrap interval ({RESAMPLES:,} resamples of the items, seed 0). "
+            "An interval that contains 0 means this test set cannot tell the arms apart.</p>"
+            + _table(["benchmark", "metric", "arms", "items", "difference", "interval", "excludes 0"], rows))
 
 
 def _usage_rows(output_dir: Path, stage_dirs: list[tuple[str, Path]]) -> list[list[Any]]:
@@ -150,9 +168,11 @@ def build_report(output_dir: Path, config: PipelineConfig) -> Path:
 
     # Arms side by side.
     arm_rows, metric_names = [], []
-    per_arm_metrics = {}
+    per_arm_metrics, arm_results = {}, {}
     for arm in config.arms:
         results = _read_json(output_dir / arm.name / "eval" / "results.json") or {}
+        if results:
+            arm_results[arm.name] = results
         per_arm_metrics[arm.name] = _headline_metrics(results)
         metric_names += [m for m in per_arm_metrics[arm.name] if m not in metric_names]
     for arm in config.arms:
@@ -164,6 +184,7 @@ def build_report(output_dir: Path, config: PipelineConfig) -> Path:
                         + [per_arm_metrics[arm.name].get(m, "-") for m in metric_names])
     blocks.append("<h2>Arms</h2>")
     blocks.append(_table(["arm", "method", "rows", "rejected", "final train loss"] + metric_names, arm_rows))
+    blocks.append(_differences_table(arm_results))
     blocks.append("<p class='note'>The paper's Table 2 (small models), for orientation:</p>")
     blocks.append(_table(["arm", "MT-Bench", "AlpacaEval", "GSM8K", "HumanEval"],
                          [[name] + list(values.values()) for name, values in PAPER_TABLE2.items()]))

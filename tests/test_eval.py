@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from autoevol_train.config import InputError
-from autoevol_train.eval import alpaca_eval, gsm8k, humaneval, mt_bench
+from autoevol_train.eval import alpaca_eval, gsm8k, humaneval, mt_bench, uncertainty
 from autoevol_train.eval.compare import compare_results, load_results, main as compare_main
 from autoevol_train.eval.run import EvalConfig, run_eval
 from autoevol_train.eval.sandbox import Limits, Sandbox
@@ -390,6 +390,14 @@ def test_mt_bench_and_alpaca_judging_exact_on_scripted_server(scripted_server, s
     assert len(json.loads((tmp_path / "eval" / "alpaca_eval_outputs.json").read_text())) == 5
     table = (tmp_path / "eval" / "results.md").read_text()
     assert "judge: judge" in table and "both (model as A, then as B)" in table and "per category" in table
+    # every score carries a standard error, computed from the per-item scores results.json keeps for pairing
+    mt_block = results["benchmarks"]["mt_bench"]
+    assert set(mt_block["stderr"]) == {"turn_1", "turn_2", "mean"} and len(mt_block["items"]["ids"]) == 80
+    turn_2 = [9.0] * 50 + [2.0] * 30
+    assert mt_block["stderr"]["turn_2"] == pytest.approx(np.std(turn_2, ddof=1) / math.sqrt(80))
+    assert set(results["benchmarks"]["alpaca_eval"]["stderr"]) == {
+        "win_rate", "win_rate_model_first", "win_rate_model_second", "length_controlled_win_rate"}
+    assert results["benchmarks"]["alpaca_eval"]["stderr"]["win_rate_model_first"] == 0.0
 
     requests = judge.counters.requests + model.counters.requests
     run_eval(config, tmp_path / "eval")  # a re-run answers every call from the journal
@@ -475,6 +483,56 @@ def test_compare_flags_different_protocols(tmp_path, capsys):
     assert "| gsm8k | strict | 56.90 | 70.74 |" in out and "PROTOCOLS DIFFER" in out
     assert (tmp_path / "t.md").read_text() == out
     assert compare_main([str(tmp_path / "missing")]) == 2
+
+
+# --- uncertainty: standard errors, paired bootstrap intervals, compare ------------------------------------
+
+def test_paired_bootstrap_interval_covers_a_known_difference():
+    """Arms whose per-item success rates differ by 10 points: the 95% interval covers 10 in about 95% of 200
+    simulated test sets (a percentile bootstrap is near nominal at n = 400), and it is seeded."""
+    rng = np.random.default_rng(7)
+    covered = 0
+    for trial in range(200):
+        ids = [f"q{i}" for i in range(400)]
+        base = rng.random(400)
+        first = dict(zip(ids, (100.0 * (base < 0.6)).tolist()))
+        second = dict(zip(ids, (100.0 * (base < 0.7)).tolist()))  # paired: the same items get easier
+        items, difference, low, high = uncertainty.paired_bootstrap(first, second, resamples=1000, seed=trial)
+        assert items == 400 and low <= difference <= high
+        covered += low <= 10.0 <= high
+    assert 0.90 <= covered / 200 <= 0.99
+    again = uncertainty.paired_bootstrap(first, second, resamples=1000, seed=199)
+    assert again == (items, difference, low, high)
+    same = uncertainty.paired_bootstrap(first, dict(first), resamples=1000)
+    assert same == (400, 0.0, 0.0, 0.0)
+    # items only one arm scored (None or missing) are left out of the pairing
+    assert uncertainty.paired_bootstrap({"a": 1.0, "b": None, "c": 0.0}, {"a": 0.0, "b": 1.0})[:2] == (1, -1.0)
+    assert uncertainty.standard_error([1.0, None, 0.0, 1.0, 0.0]) == pytest.approx(np.std([1, 0, 1, 0], ddof=1) / 2)
+
+
+def test_compare_prints_paired_intervals(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    ids = [f"test-{i}" for i in range(1000)]
+    seed_correct = rng.random(1000) < 0.5
+    improved = seed_correct | (np.arange(1000) % 10 == 0) & ~seed_correct  # about 5 points more, same items
+    for name, correct in (("seed", seed_correct), ("auto", improved)):
+        scores = (100.0 * correct).tolist()
+        results = {"name": name, "model": name, "benchmarks": {"gsm8k": {
+            "metrics": {"strict": float(np.mean(scores)), "n": 1000},
+            "stderr": {"strict": uncertainty.standard_error(scores)}, "protocol": {"shots": 0},
+            "items": {"ids": ids, "scores": {"strict": scores}}}}}
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(results))
+    known = 100.0 * (improved.mean() - seed_correct.mean())
+    assert compare_main([str(tmp_path / "seed"), str(tmp_path / "auto")]) == 0
+    out = capsys.readouterr().out
+    assert "| benchmark | metric | seed | auto | s.e. seed | s.e. auto |" in out
+    row = next(line for line in out.splitlines() if "| auto − seed |" in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:4] == ["gsm8k", "strict", "auto − seed", "1000"] and float(cells[4]) == pytest.approx(known, abs=0.01)
+    low, high = (float(x) for x in cells[5].rstrip(" *").strip("[]").split(","))
+    assert low < known < high and low > 0 and cells[5].endswith("*")
+    assert "95% bootstrap interval (10,000 resamples, seed 0)" in out
 
 
 def test_eval_recipes_validate():

@@ -138,7 +138,19 @@ def length_controlled(records: list[Record], model_name: str, judge_name: str) -
         metrics = get_length_controlled_winrate(annotations, save_weights_dir=None)
     except Exception as exc:  # noqa: BLE001 - the package's GLM may refuse an instruction set; say why
         return {"length_controlled_win_rate": None, "note": f"alpaca-eval: {type(exc).__name__}: {exc}"[:300]}
-    return {"length_controlled_win_rate": float(metrics["length_controlled_winrate"]), "note": "alpaca-eval"}
+    return {"length_controlled_win_rate": float(metrics["length_controlled_winrate"]),
+            "standard_error": float(metrics["lc_standard_error"]), "note": "alpaca-eval"}
+
+
+def item_scores(records: list[Record]) -> dict[str, list[float | None]]:
+    """Per instruction, in %: the mean of its valid verdicts (both orders) and each order's verdict."""
+    def mean(values: list[float | None]) -> float | None:
+        valid = [v for v in values if v is not None]
+        return 100 * sum(valid) / len(valid) if valid else None
+
+    return {"win_rate": [mean([r["score_model_first"], r["score_model_second"]]) for r in records],
+            "win_rate_model_first": [mean([r["score_model_first"]]) for r in records],
+            "win_rate_model_second": [mean([r["score_model_second"]]) for r in records]}
 
 
 async def run(config: Config, context: EvalContext) -> BenchmarkResult:
@@ -169,4 +181,6 @@ async def run(config: Config, context: EvalContext) -> BenchmarkResult:
     outputs = [{"instruction": r["instruction"], "output": r["output"], "generator": context.model_name}
                for r in records]  # AlpacaEval's format, for its own annotators
     return BenchmarkResult(metrics, protocol, records,
-                           {"alpaca_eval_outputs.json": json.dumps(outputs, indent=1, ensure_ascii=False)})
+                           {"alpaca_eval_outputs.json": json.dumps(outputs, indent=1, ensure_ascii=False)},
+                           item_ids=[f"alpaca-{i}" for i in range(len(records))], item_scores=item_scores(records),
+                           stderr={"length_controlled_win_rate": lc.get("standard_error")})  # only when computed

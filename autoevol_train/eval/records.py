@@ -38,9 +38,18 @@ class EvalContext:
 class BenchmarkResult:
     """One benchmark's outcome: its metrics (scores and counts), the protocol they were measured under, and
     one record per answered item (per sample for HumanEval), which is what ``<benchmark>.jsonl`` holds, and any
-    other file the benchmark leaves in the run directory (name → text)."""
+    other file the benchmark leaves in the run directory (name → text).
+
+    `item_scores`: for each score metric, every item's own score on the metric's scale (None where the item has
+    none, e.g. an unparsed judgement), in the order of `item_ids`; the metric is their mean. They give the
+    metric's standard error and let `compare` pair two arms item by item. `stderr` holds the standard errors
+    of metrics without item scores (e.g. one the alpaca-eval package computes).
+    """
 
     metrics: dict[str, Any]
     protocol: dict[str, Any]
     records: Sequence[Any] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
+    item_ids: list[str] = field(default_factory=list)
+    item_scores: dict[str, list[float | None]] = field(default_factory=dict)
+    stderr: dict[str, float | None] = field(default_factory=dict)

@@ -25,6 +25,7 @@ from pydantic import Field, create_model, model_validator
 from autoevol_train.config import StrictModel
 from autoevol_train.eval.benchmarks import BENCHMARKS, BY_NAME
 from autoevol_train.eval.records import BenchmarkResult, EvalContext
+from autoevol_train.eval.uncertainty import standard_error
 from autoevol_train.llm.types import RoleConfig
 from autoevol_train.rundir import write_atomic
 from autoevol_train.stage import StageRun
@@ -88,12 +89,15 @@ def format_value(value: Any) -> str:
 
 
 def results_table(results: dict[str, Any]) -> str:
-    """Markdown: metrics per benchmark, then the protocol each was measured under."""
+    """Markdown: metrics (± standard error) per benchmark, then the protocol each was measured under."""
     lines = [f"# Evaluation of `{results['name']}`", "", f"- model: `{results['model']}`",
              f"- chat template: {results['template']}", f"- judge: {results['judge'] or 'none'}", "",
-             "| benchmark | metric | value |", "|---|---|---:|"]
+             "| benchmark | metric | value | standard error |", "|---|---|---:|---:|"]
     for name, block in results["benchmarks"].items():
-        lines += [f"| {name} | {metric} | {format_value(value)} |" for metric, value in block["metrics"].items()]
+        stderr = block["stderr"]
+        lines += [f"| {name} | {metric} | {format_value(value)} | "
+                  f"{format_value(stderr[metric]) if metric in stderr else ''} |"
+                  for metric, value in block["metrics"].items()]
     lines += ["", "## Protocol", ""]
     for name, block in results["benchmarks"].items():
         lines.append(f"- **{name}**: " + "; ".join(f"{k}: {v}" for k, v in block["protocol"].items()))
@@ -116,7 +120,10 @@ def _evaluate_in(stage: StageRun, config: EvalConfig) -> Path:
         write_atomic(run_dir.path / f"{benchmark}.jsonl", _jsonl(result.records))
         for file_name, text in result.files.items():
             write_atomic(run_dir.path / file_name, text)
-        results["benchmarks"][benchmark] = {"metrics": result.metrics, "protocol": result.protocol}
+        stderr = {metric: standard_error(scores) for metric, scores in result.item_scores.items()} | result.stderr
+        results["benchmarks"][benchmark] = {
+            "metrics": result.metrics, "stderr": stderr, "protocol": result.protocol,
+            "items": {"ids": result.item_ids, "scores": result.item_scores}}
         write_atomic(run_dir.path / "results.json", json.dumps(results, indent=2, allow_nan=True) + "\n")
         write_atomic(run_dir.path / "results.md", results_table(results))
 
