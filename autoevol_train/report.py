@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from autoevol_train.eval.records import benchmark_label
 from autoevol_train.eval.run import format_value
 from autoevol_train.eval.uncertainty import LEVEL, RESAMPLES, arm_differences
 from autoevol_train.rundir import write_atomic
@@ -118,7 +119,7 @@ def _headline_metrics(results: dict[str, Any]) -> dict[str, str]:
                 continue
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 stderr = block["stderr"].get(metric)
-                flat[f"{benchmark} {metric}"] = format_value(float(value)) + (
+                flat[f"{benchmark_label(benchmark, block)} {metric}"] = format_value(float(value)) + (
                     f" ± {format_value(stderr)}" if stderr is not None else "")
     return flat
 

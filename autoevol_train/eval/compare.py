@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from autoevol_train.config import InputError
+from autoevol_train.eval.records import benchmark_label
 from autoevol_train.eval.run import format_value
 from autoevol_train.eval.uncertainty import LEVEL, RESAMPLES, arm_differences
 
@@ -46,6 +47,7 @@ def compare_results(arms: dict[str, dict[str, Any]]) -> str:
     errors: dict[tuple[str, str], dict[str, Any]] = {}
     for label, results in arms.items():
         for bench, block in results["benchmarks"].items():
+            bench = benchmark_label(bench, block)  # the caveat of any arm's numbers shows in the row's name
             for metric, value in block["metrics"].items():
                 if metric not in _COUNTS:
                     rows.setdefault((bench, metric), {})[label] = value

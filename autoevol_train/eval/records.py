@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from autoevol_train.llm.client import LLMPool
 from autoevol_train.llm.scheduler import map_in_order
 from autoevol_train.progress import Progress
 
-__all__ = ["EvalContext", "BenchmarkResult"]
+__all__ = ["EvalContext", "BenchmarkResult", "benchmark_label"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -22,11 +23,13 @@ R = TypeVar("R")
 
 @dataclass
 class EvalContext:
-    """The stage's LLM pool (roles "model" and "judge"), how many items run at once, the label of the model."""
+    """The stage's LLM pool (roles "model" and "judge"), how many items run at once, the label of the model, and
+    the run directory (for a benchmark that leaves more than its records there)."""
 
     pool: LLMPool
     max_in_flight: int
     model_name: str
+    run_dir: Path
 
     async def ordered(self, items: Sequence[T], fn: Callable[[T], Awaitable[R]], desc: str) -> list[R]:
         """`fn` over items, streamed with a bounded number in flight, with a progress bar; results in item order."""
@@ -43,7 +46,8 @@ class BenchmarkResult:
     `item_scores`: for each score metric, every item's own score on the metric's scale (None where the item has
     none, e.g. an unparsed judgement), in the order of `item_ids`; the metric is their mean. They give the
     metric's standard error and let `compare` pair two arms item by item. `stderr` holds the standard errors
-    of metrics without item scores (e.g. one the alpaca-eval package computes).
+    of metrics without item scores (e.g. one the alpaca-eval package computes). `caveat`: what every table
+    showing these numbers must say next to them (e.g. not comparable with a public leaderboard).
     """
 
     metrics: dict[str, Any]
@@ -53,3 +57,10 @@ class BenchmarkResult:
     item_ids: list[str] = field(default_factory=list)
     item_scores: dict[str, list[float | None]] = field(default_factory=dict)
     stderr: dict[str, float | None] = field(default_factory=dict)
+    caveat: str | None = None
+
+
+def benchmark_label(name: str, block: dict[str, Any]) -> str:
+    """A benchmark's name as every table shows it (results.md, compare, the report): with the caveat its
+    results.json block carries, if any."""
+    return f"{name} ({block['caveat']})" if block.get("caveat") else name

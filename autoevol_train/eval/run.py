@@ -24,7 +24,7 @@ from pydantic import Field, create_model, model_validator
 
 from autoevol_train.config import StrictModel
 from autoevol_train.eval.benchmarks import BENCHMARKS, BY_NAME
-from autoevol_train.eval.records import BenchmarkResult, EvalContext
+from autoevol_train.eval.records import BenchmarkResult, EvalContext, benchmark_label
 from autoevol_train.eval.uncertainty import standard_error
 from autoevol_train.llm.types import RoleConfig
 from autoevol_train.rundir import write_atomic
@@ -54,6 +54,9 @@ class EvalConfig(_BenchmarkSections):
     def _check(self) -> "EvalConfig":
         if (self.mt_bench or self.alpaca_eval) and self.judge is None:
             raise ValueError("mt_bench and alpaca_eval need a judge role")
+        if self.alpaca_eval and self.alpaca_eval.scorer == "alpaca-eval" and self.judge.backend != "openai":
+            raise ValueError("alpaca_eval.scorer alpaca-eval sends the annotator's requests to the judge role's "
+                             "endpoint: the judge needs backend openai")
         if self.mt_bench and (self.mt_bench.references is None or self.mt_bench.judge_prompts is None):
             raise ValueError("mt_bench needs `references` and `judge_prompts` (FastChat's files)")
         if not self.sections():
@@ -95,7 +98,8 @@ def results_table(results: dict[str, Any]) -> str:
              "| benchmark | metric | value | standard error |", "|---|---|---:|---:|"]
     for name, block in results["benchmarks"].items():
         stderr = block["stderr"]
-        lines += [f"| {name} | {metric} | {format_value(value)} | "
+        label = benchmark_label(name, block)
+        lines += [f"| {label} | {metric} | {format_value(value)} | "
                   f"{format_value(stderr[metric]) if metric in stderr else ''} |"
                   for metric, value in block["metrics"].items()]
     lines += ["", "## Protocol", ""]
@@ -122,7 +126,7 @@ def _evaluate_in(stage: StageRun, config: EvalConfig) -> Path:
             write_atomic(run_dir.path / file_name, text)
         stderr = {metric: standard_error(scores) for metric, scores in result.item_scores.items()} | result.stderr
         results["benchmarks"][benchmark] = {
-            "metrics": result.metrics, "stderr": stderr, "protocol": result.protocol,
+            "metrics": result.metrics, "stderr": stderr, "protocol": result.protocol, "caveat": result.caveat,
             "items": {"ids": result.item_ids, "scores": result.item_scores}}
         write_atomic(run_dir.path / "results.json", json.dumps(results, indent=2, allow_nan=True) + "\n")
         write_atomic(run_dir.path / "results.md", results_table(results))
@@ -130,7 +134,7 @@ def _evaluate_in(stage: StageRun, config: EvalConfig) -> Path:
     async def evaluate() -> dict[str, Any]:
         roles = {"model": config.model} | ({"judge": config.judge} if config.judge else {})
         async with stage.pool(roles) as pool:
-            context = EvalContext(pool, config.max_in_flight, name)
+            context = EvalContext(pool, config.max_in_flight, name, run_dir.path)
             for section in config.sections():
                 save(section.name, await BY_NAME[section.name].run(section, context))
             return pool.usage()

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from autoevol_train.eval.records import benchmark_label
+
 __all__ = ["standard_error", "Difference", "paired_bootstrap", "arm_differences", "RESAMPLES", "LEVEL"]
 
 RESAMPLES = 10_000
@@ -82,11 +84,11 @@ def arm_differences(arms: dict[str, dict[str, Any]], *, resamples: int = RESAMPL
     for first, second in combinations(arms, 2):
         for benchmark, block in arms[first]["benchmarks"].items():
             other = arms[second]["benchmarks"].get(benchmark)
-            if other is None:
-                continue
+            if other is None or benchmark_label(benchmark, block) != benchmark_label(benchmark, other):
+                continue  # e.g. one arm scored by alpaca-eval's annotator, the other by our judge
             mine, theirs = _item_scores(block), _item_scores(other)
             for metric in (m for m in mine if m in theirs):
                 result = paired_bootstrap(mine[metric], theirs[metric], resamples=resamples, level=level, seed=seed)
                 if result is not None:
-                    differences.append(Difference(benchmark, metric, first, second, *result))
+                    differences.append(Difference(benchmark_label(benchmark, block), metric, first, second, *result))
     return differences
