@@ -225,7 +225,9 @@ def arm_evolve_config(config: PipelineConfig, arm: ArmConfig, best_method: Path 
         method = {"method": "file", "method_file": str(best_method)}
     else:
         method = {"method": arm.method, "method_file": None}
-    return EvolveConfig.model_validate(_merged(config.evolve.model_dump(mode="json"), {**arm.evolve, **method}))
+    # An arm whose every evolution failed on content is reported, not trained (request errors still fail).
+    return EvolveConfig.model_validate(_merged(config.evolve.model_dump(mode="json"),
+                                               {"allow_empty": True, **arm.evolve, **method}))
 
 
 # Which filter removed a row, by the reason codes of evol/failures.py, data/decontam.py and data/dedup.py.

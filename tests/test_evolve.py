@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from autoevol_train.config import ConfigError, InputError, load_config, parse_config
+from autoevol_train.errors import ResultError
 from autoevol_train.data.writers import load_written_dataset
 from autoevol_train.evol.evolve import EvolveConfig, run_evolve
 from tests.support.scripted_server import Faults, Reply
@@ -286,3 +287,31 @@ def test_optimize_lambda_and_evolve_filter_decide_alike(tmp_path, scripted_serve
     assert set(lam.values()) == {None, "parse_failure", "unchanged", "copied_prompt_words", "evol_truncated",
                                  "evol_request_failed", "response_asks_back", "response_please_provide",
                                  "short_sorry", "punctuation_only", "response_truncated", "response_request_failed"}
+
+
+def test_mostly_request_errors_or_an_empty_dataset_is_a_result_error(tmp_path, scripted_server):
+    """3 of 5 seeds lose their answer to HTTP 400: exit 4 naming the counts per reason, after the dataset and
+    its rejects are written. A dataset emptied by content failures is exit 4 too, unless allow_empty."""
+    def failing(body: dict, index: int) -> Reply | str:
+        if body["messages"][0]["role"] == "system" and "FAIL" in body["messages"][-1]["content"]:
+            return Reply(status=400)
+        return rule(body, index)
+
+    server = scripted_server(failing)
+    seeds = _seeds(tmp_path / "s.jsonl", [{"instruction": f"Name fruit number {i}{' FAIL' * (i < 3)}."}
+                                          for i in range(5)])
+    with pytest.raises(ResultError, match=r"evolve: 3 of 5 seeds failed for request errors \(rejects by reason: "
+                                          r"response_request_failed 3; .*rejects.jsonl\)"):
+        run_evolve(_config(server.base_url, seeds), tmp_path / "run")
+    assert len(_rejects(tmp_path / "run" / "dataset")) == 3
+    assert len(load_written_dataset(tmp_path / "run" / "dataset", split="train")) == 2
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "3 of 5 seeds failed for request errors" in manifest["error"]
+    run_evolve(_config(server.base_url, seeds, max_request_error_share=0.8), tmp_path / "run")  # resumes, passes
+
+    nolabel = _seeds(tmp_path / "n.jsonl", [{"instruction": f"NOLABEL task {i}"} for i in range(4)])
+    with pytest.raises(ResultError, match=r"evolve: the dataset is empty \(4 seeds; rejects by reason: "
+                                          r"parse_failure 4"):
+        run_evolve(_config(server.base_url, nolabel), tmp_path / "empty")
+    dataset = run_evolve(_config(server.base_url, nolabel, allow_empty=True), tmp_path / "empty")
+    assert len(_rejects(dataset)) == 4

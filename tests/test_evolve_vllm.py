@@ -17,6 +17,7 @@ import pytest
 from autoevol_train.config import InputError
 from autoevol_train.data.writers import load_written_dataset
 from autoevol_train.eval import gsm8k, humaneval, mt_bench
+from autoevol_train.errors import ResultError
 from autoevol_train.evol.evolve import EvolveConfig, run_evolve
 
 pytestmark = pytest.mark.slow
@@ -130,7 +131,9 @@ def test_filters_and_card_on_real_answers(tmp_path, shared_data, vllm_server):
 def test_labelled_method_without_labels_is_all_parse_failures(tmp_path, shared_data, vllm_server):
     path = str(shared_data / "gsm8k" / "train.jsonl")
     config = _config(vllm_server, {"path": path, "limit": 6}, domain="math", method="initial")
-    dataset = run_evolve(config, tmp_path / "run")
+    with pytest.raises(ResultError, match=r"the dataset is empty \(6 seeds; rejects by reason: parse_failure 6"):
+        run_evolve(config, tmp_path / "run")
+    dataset = run_evolve(config.model_copy(update={"allow_empty": True}), tmp_path / "run")  # resumes
     stats = json.loads((dataset / "stats.json").read_text())
     assert stats["rows"] == {"train": 0} and stats["rejected_by_reason"] == {"parse_failure": 6}
     assert "| — parse_failure | 6 |" in (dataset / "README.md").read_text()

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from autoevol_train.config import InputError, load_config
+from autoevol_train.errors import ResultError
 from autoevol_train.evol.methods import initial_method
 from autoevol_train.evol.optimize import OptimizeConfig, extract_optimized_method, run_optimize
 from tests.support.scripted_server import LatencyModel, Reply
@@ -206,6 +207,34 @@ def test_a_tie_then_an_improvement_runs_on_and_outputs_the_improvement(scripted_
     assert manifest["best_method_name"] == "step2/cand1" and manifest["best_lambda"] == lam[2, 1]
     assert best.read_text() == (tmp_path / "run" / "methods" / "step02_cand1.txt").read_text()
     assert KEEP in best.read_text() and ERRORS not in best.read_text()
+
+
+@pytest.mark.parametrize("dead", ["optimizer", "answers"])
+def test_request_errors_everywhere_are_a_result_error_not_a_crowned_start(dead, scripted_server, shared_data,
+                                                                          tmp_path):
+    """Every candidate failed for request errors (the optimizer answers HTTP 400), or the incumbent did (every
+    answer call fails): exit 4 with the breakdown, a failed manifest, and no best_method.txt at λ = 1."""
+    def failing(body: dict, index: int) -> Reply | str:
+        if dead == "optimizer" and body["model"] == "optimizer-model":
+            return Reply(status=400)
+        answering = body["model"] == "evol-model" and "#Instruction#:\n" not in body["messages"][-1]["content"]
+        if dead == "answers" and answering:
+            return Reply(status=400)
+        return rule(body, index)
+
+    server = scripted_server(failing)
+    config = make_config(server.base_url, shared_data / "gsm8k" / "train.jsonl", dev_size=20, pool_size=60,
+                         batch_size=4, trajectory_rounds=1)
+    expected = {"optimizer": r"candidates failed for request errors only \(incumbent initial: parse_failure \d+, .*; "
+                             r"candidates: analysis_failed: request_failed: http_400 ×5\)",
+                "answers": r"incumbent failed for request errors only \(incumbent initial: parse_failure \d+, "
+                           r"response_request_failed \d+; candidates: parse_failure"}[dead]
+    with pytest.raises(ResultError, match=r"optimize step 1: the " + expected):
+        run_optimize(config, tmp_path / "run")
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "request errors only" in manifest["error"]
+    assert not (tmp_path / "run" / "best_method.txt").exists() and not (tmp_path / "run" / "history.jsonl").exists()
+    assert (tmp_path / "run" / "dev" / "step01.jsonl").exists()  # the evidence stays for inspection
 
 
 def test_official_code_options(scripted_server, shared_data, tmp_path):

@@ -31,6 +31,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from autoevol_train.config import InputError, StrictModel, dump_config
+from autoevol_train.errors import ResultError
 from autoevol_train.data.assemble import AssemblySpec, assemble_dataset
 from autoevol_train.data.decontam import DecontamConfig, Decontaminator
 from autoevol_train.data.dedup import DedupConfig
@@ -38,7 +39,7 @@ from autoevol_train.data.formats import LoadReport, SeedSource, iter_seed_rows
 from autoevol_train.data.parts import PartWriter, completed_keys
 from autoevol_train.data.reader import load_prompt
 from autoevol_train.evol.attempt import evolve_once
-from autoevol_train.evol.failures import FailureRules
+from autoevol_train.evol.failures import REQUEST_ERRORS, FailureRules
 from autoevol_train.evol.methods import (EvolvingMethod, evol_instruct_methods, load_method,
                                          starting_method)
 from autoevol_train.evol.records import EvolvedRow, ItemRecord, Reject
@@ -84,6 +85,11 @@ class EvolveConfig(StrictModel):
     decontam: DecontamConfig = Field(default_factory=DecontamConfig)
     llm: EvolveLLM
     seed: int = Field(42, description="draws of Evol-Instruct's per-item, per-round method")
+    allow_empty: bool = Field(False, description="an empty dataset is a result (the pipeline reports such an "
+                              "arm instead of training it); false: the stage fails with exit 4")
+    max_request_error_share: float = Field(
+        0.5, ge=0, le=1, description="the stage fails (exit 4) when more than this share of the seeds was lost "
+        "to request errors: the endpoint failed, not the method")
     max_in_flight: int = Field(256, ge=1, description="seeds being evolved at once (bounds memory)")
     records_per_part: int = Field(10000, ge=1, description="finished items per append-only part file")
     rows_per_shard: int = Field(50000, ge=1, description="rows per output parquet file")
@@ -320,6 +326,20 @@ def _merge_sources(config: EvolveConfig) -> tuple[list[Path], dict[str, Any]]:
     return [Path(d) / "parts" for d in config.merge_from], summaries[0]["load_report"]
 
 
+def _check_result(config: EvolveConfig, summary: dict[str, Any], rejects: Path) -> None:
+    """ResultError (after the dataset and its rejects are written, for inspection) when the seeds were mostly
+    lost to request errors, or when the dataset is empty and `allow_empty` is off."""
+    by_reason = summary["rejected_by_reason"]
+    breakdown = ", ".join(f"{reason} {count}" for reason, count in by_reason.items()) or "none"
+    request_errors = sum(by_reason.get(reason, 0) for reason in REQUEST_ERRORS)
+    if request_errors > config.max_request_error_share * summary["seeds"]:
+        raise ResultError(f"evolve: {request_errors} of {summary['seeds']} seeds failed for request errors "
+                          f"(rejects by reason: {breakdown}; {rejects}); check the endpoints and re-run")
+    if not sum(summary["rows"].values()) and not config.allow_empty:
+        raise ResultError(f"evolve: the dataset is empty ({summary['seeds']} seeds; rejects by reason: "
+                          f"{breakdown}; {rejects})")
+
+
 def run_evolve(config: EvolveConfig, output_dir: Path) -> Path:
     """Evolve (or, with merge_from, merge) and assemble; returns the dataset directory (or, for one shard of
     several, the shard's run directory, to be merged)."""
@@ -360,6 +380,7 @@ def _evolve_in(stage: StageRun, config: EvolveConfig, decontaminator: Decontamin
     )
     dataset_dir = run_dir.path / "dataset"
     summary = assemble_dataset(part_dirs, dataset_dir, spec, decontaminator)
+    _check_result(config, summary, dataset_dir / "rejects.jsonl")
     run_dir.finish(llm_usage=usage or None, dataset=str(dataset_dir), rows=summary["rows"],
                    rejected=summary["rejected"])
     return dataset_dir

@@ -24,9 +24,11 @@ from autoevol_train.llm.types import Completion
 if TYPE_CHECKING:
     from autoevol_train.llm.client import LLMClient
 
-__all__ = ["FailureRules", "check_evolution", "evol_failure", "judge_equal", "OFFICIAL_PREFIXES",
-           "OFFICIAL_PHRASES"]
+__all__ = ["FailureRules", "check_evolution", "evol_failure", "judge_equal", "REQUEST_ERRORS",
+           "OFFICIAL_PREFIXES", "OFFICIAL_PHRASES"]
 
+# Failures caused by a failed request (the endpoint's fault), not by the method or the content.
+REQUEST_ERRORS = ("evol_request_failed", "response_request_failed")
 OFFICIAL_PREFIXES = ["I'm sorry", "Is there anything else", "As an AI assistant", "I understand"]
 OFFICIAL_PHRASES = ["not possible"]
 _STOP_WORDS = frozenset(

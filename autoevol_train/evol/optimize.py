@@ -35,8 +35,9 @@ from typing import Any, Literal
 from pydantic import Field, PositiveInt
 
 from autoevol_train.config import InputError, StrictModel
+from autoevol_train.errors import ResultError
 from autoevol_train.evol.attempt import Attempt, evolve_once, evolve_text, tokens
-from autoevol_train.evol.failures import FailureRules
+from autoevol_train.evol.failures import REQUEST_ERRORS, FailureRules
 from autoevol_train.data.reader import load_prompt
 from autoevol_train.evol.methods import INSTRUCTION_LABEL, EvolvingMethod, fill, starting_method
 from autoevol_train.evol.records import DevRow, HistoryRow, best_so_far
@@ -200,7 +201,7 @@ class Evaluation:
     @property
     def request_errors(self) -> int:
         """Failures caused by failed requests, not by the method: the first tie-break between equal scores."""
-        return sum(r.reason in ("evol_request_failed", "response_request_failed") for r in self.results)
+        return sum(r.reason in REQUEST_ERRORS for r in self.results)
 
     @property
     def failure_rate(self) -> float:
@@ -388,6 +389,28 @@ def _split_seeds(config: OptimizeConfig) -> Seeds:
     return Seeds(source, len(instructions), sampled, sampled[:config.dev_size], sampled[config.dev_size:])
 
 
+def _check_not_request_failures(rows: list[HistoryRow]) -> None:
+    """ResultError when the step's incumbent, or every candidate, failed for request errors (a failed optimizer
+    request, or no dev success with request errors behind most failures): λ would measure the endpoint, not a
+    method, and crown the start method at λ = 1. Raised before the step is committed, so a re-run after the
+    endpoint recovers redoes it (the journal keeps every answered call)."""
+    def failed(row: HistoryRow) -> bool:
+        if row["status"] != "ok":
+            return "request_failed" in row["status"]
+        request_errors = sum(row["failures"].get(reason, 0) for reason in REQUEST_ERRORS)
+        return row["lambda"] == 1 and 2 * request_errors > row["n_dev"]
+
+    if failed(rows[0]) or all(failed(row) for row in rows[1:]):
+        incumbent = ", ".join(f"{reason} {count}" for reason, count in rows[0]["failures"].items()) or "no failure"
+        candidates = Counter(": ".join(row["status"].split(": ")[:3]) if row["status"] != "ok" else
+                             ", ".join(f"{reason} {count}" for reason, count in row["failures"].items())
+                             for row in rows[1:])
+        raise ResultError(f"optimize step {rows[0]['step']}: the {'incumbent' if failed(rows[0]) else 'candidates'}"
+                          f" failed for request errors only (incumbent {rows[0]['name']}: {incumbent}; candidates: "
+                          + "; ".join(f"{what} ×{n}" for what, n in candidates.items())
+                          + "); check the endpoints and re-run")
+
+
 async def _optimize(config: OptimizeConfig, stage: StageRun, seeds: Seeds, start: EvolvingMethod) -> LoopState:
     from autoevol_train.evol.optimize_report import write_report
 
@@ -399,13 +422,13 @@ async def _optimize(config: OptimizeConfig, stage: StageRun, seeds: Seeds, start
     history_path = run_path / "history.jsonl"
     history = _read_history(history_path)
     state = _state(history, start, config, run_path)
-    write_atomic(run_path / "best_method.txt", state.best.text + "\n")
 
     async with stage.pool({"evol": config.llm.evol, "optimizer": config.llm.optimizer}) as pool:
         while state.stop_reason is None:
             step = state.steps_done + 1
             batch, step_dev = _step_samples(config, step, seeds.train, seeds.pool, seeds.dev)
             rows = await _run_step(config, pool, state, step, batch, step_dev, run_path)
+            _check_not_request_failures(rows)
             history += rows
             write_atomic(history_path, _jsonl(history))  # the step's commit point
             state = _state(history, start, config, run_path)
