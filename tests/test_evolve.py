@@ -132,6 +132,57 @@ def test_evol_instruct_draws_are_seeded_per_item_and_round(tmp_path, scripted_se
     assert all(name.startswith("evol-instruct/") for name in names[0])
 
 
+def test_math_baseline_is_wizardmath_drawn_per_item_and_round_from_the_seed(tmp_path, scripted_server):
+    """domain math + method evol-instruct: WizardMath's upward and downward methods, one drawn per item and
+    round; the same seed draws the same methods (whatever the concurrency), another seed other ones."""
+    server = scripted_server(rule)
+    seeds = _seeds(tmp_path / "m.jsonl", [{"question": f"Ann has {i} pens and buys {i + 2} more. How many pens?",
+                                           "answer": f"#### {2 * i + 2}"} for i in range(16)])
+    draws = {}
+    for run, seed, in_flight in (("a", 42, 1), ("b", 42, 16), ("c", 7, 16)):
+        config = _config(server.base_url, seeds, domain="math", method="evol-instruct", rounds=2, seed=seed,
+                         max_in_flight=in_flight, dedup={"exact": False, "near": False})
+        rows = load_written_dataset(run_evolve(config, tmp_path / run), split="train")
+        draws[run] = list(zip(rows["id"], rows["method_name"]))
+    assert len(draws["a"]) == 32 and draws["a"] == draws["b"] and draws["a"] != draws["c"]
+    assert {name for _, name in draws["a"]} == {"evol-instruct/math-up-constraints", "evol-instruct/math-up-numbers",
+                                                "evol-instruct/math-up-steps", "evol-instruct/math-down-easier"}
+    evol_prompts = [b["messages"][0]["content"] for b in server.counters.bodies if b["messages"][0]["role"] == "user"]
+    assert all("#Given Question#:\n" in p and "#Rewritten Question#:" in p for p in evol_prompts)
+
+
+def test_repooled_items_evolve_again_in_the_next_round(tmp_path, scripted_server):
+    """Evol-Instruct's in-breadth draws fail here (the answer copies "created prompt"): with repool_failed the
+    next round evolves the same instruction again, as WizardLM puts failed items back in the pool; without
+    it the item's chain ends at its first failure."""
+    def breadth_fails(body: dict, index: int) -> Reply | str:
+        last = body["messages"][-1]["content"]
+        if "#Created Prompt#" in last:
+            return "A created prompt: " + _INSTRUCTION.search(last).group(1)
+        return rule(body, index)
+
+    server = scripted_server(breadth_fails)
+    seeds = _seeds(tmp_path / "s.jsonl", [{"instruction": f"Describe the habitat of animal {i}."} for i in range(16)])
+    outcome = {}
+    for repool in (True, False):
+        config = _config(server.base_url, seeds, method="evol-instruct", rounds=3, repool_failed=repool,
+                         dedup={"exact": False, "near": False})
+        dataset = run_evolve(config, tmp_path / f"repool-{repool}")
+        rows = load_written_dataset(dataset, split="train").to_list()
+        outcome[repool] = rows, _rejects(dataset)
+    rows, rejects = outcome[True]
+    assert rejects and {r["reason"] for r in rejects} == {"copied_prompt_words"}
+    assert sorted((r["seed_id"], r["round"]) for r in rows + rejects) == sorted(
+        (f"s-{i}", n) for i in range(1, 17) for n in (1, 2, 3))  # every round of every seed was tried
+    retried = [(reject, row) for reject in rejects for row in rows
+               if row["seed_id"] == reject["seed_id"] and row["round"] == reject["round"] + 1]
+    assert retried and all(row["evolved_from"] == [reject["instruction"]] for reject, row in retried)
+    rows, rejects = outcome[False]
+    assert all(row["round"] < reject["round"] for reject in rejects for row in rows
+               if row["seed_id"] == reject["seed_id"]) or not rejects
+    assert len(rows) + len(rejects) < 48
+
+
 def test_seed_arm_keeps_answers_and_fills_missing_ones(tmp_path, scripted_server):
     server = scripted_server(rule)
     seeds = [{"instruction": "Say hi.", "output": "hi"}, {"instruction": "Say bye.", "output": ""}]

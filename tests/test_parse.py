@@ -60,3 +60,18 @@ def test_plain_answers():
     assert extract_evolved("   ", PLAIN) is None
     custom = EvolvingMethod("custom", "Harder: {instruction}", "plain")
     assert extract_evolved("Rewritten prompt: Do X twice.", custom) == "Do X twice."
+
+
+def test_a_method_asking_for_the_bare_rewrite_accepts_an_unlabelled_answer():
+    """The paper's weak method (loaded from a file, so labelled) names no final label and asks for the rewritten
+    instruction with no explanation: its answers are the instruction itself, not parse failures."""
+    weak_wording = EvolvingMethod("file:weak.txt", "You are an Instruction Rewriter. Rewrite the given #Instruction# "
+                                  "into a more complex version. Reply with the rewritten instruction only, no "
+                                  "explanation.")
+    assert extract_evolved("Compute the area of a 3-4-5 triangle in square metres.", weak_wording) == \
+        "Compute the area of a 3-4-5 triangle in square metres."
+    assert extract_evolved("#Finally Rewritten Instruction#: Harder.", weak_wording) == "Harder."  # labels still win
+    assert extract_evolved("   ", weak_wording) is None
+    asks_nothing = EvolvingMethod("file:m.txt", "Rewrite the given #Instruction# into a more complex version.")
+    assert extract_evolved("Here is a harder version: compute the area.", asks_nothing) is None
+    assert extract_evolved("Step 1 #Methods List#: add units", LABELLED) is None  # names its label: still a failure

@@ -72,6 +72,9 @@ class EvolveConfig(StrictModel):
         "weak: the ablation method; evol-instruct: the human baseline; none: the seed arm")
     method_file: str | None = Field(None, description="the method text file when method is 'file'")
     rounds: int = Field(1, ge=1, description="evolution rounds R; round r evolves round r-1's instruction")
+    repool_failed: bool = Field(
+        False, description="WizardLM's re-pooling: a failed round leaves the item in the pool, so the next "
+        "round evolves the same instruction again (with a new draw); false: a failure ends the item's chain")
     round_output: Literal["mixed", "separate", "last"] = Field(
         "mixed", description="mixed: rounds 1..R together in split 'train' (the paper's round mixing); "
         "separate: one split 'round_<r>' per round; last: only round R in 'train'")
@@ -221,6 +224,8 @@ class ItemEvolver:
                 row, reject = await self.evolve_round(seed, seed_index, round_number, previous)
                 if reject is not None:
                     rejects.append(reject)
+                    if self.config.repool_failed:
+                        continue
                     break
                 rows.append(row)
                 previous = row["messages"]  # type: ignore[index]
@@ -255,8 +260,8 @@ def _count_my_seeds(config: EvolveConfig) -> tuple[int, LoadReport]:
     return count, report
 
 
-_EVOLUTION_KEYS = {"seeds", "domain", "method", "method_file", "rounds", "respond_seeds", "system_prompt",
-                   "failures", "seed", "shard_index", "num_shards"}
+_EVOLUTION_KEYS = {"seeds", "domain", "method", "method_file", "rounds", "repool_failed", "respond_seeds",
+                   "system_prompt", "failures", "seed", "shard_index", "num_shards"}
 _SAMPLING_KEYS = {"model", "temperature", "top_p", "max_tokens", "seed", "stop", "extra_body"}
 
 

@@ -79,18 +79,20 @@ def _named_lines(prompt: str) -> list[tuple[str, str]]:
 
 
 def evol_instruct_methods(domain: str) -> list[EvolvingMethod]:
-    """The human-designed baseline: WizardLM's five in-depth methods and its in-breadth method (chat, math),
-    or WizardCoder's five difficulty heuristics (code). Evol-Instruct picks one uniformly per item and round."""
-    if domain in ("chat", "math"):
+    """The human-designed baseline of each domain, one method drawn per item and round:
+    chat: WizardLM's five in-depth methods and its in-breadth method;
+    math: WizardMath's Evol-Instruct (upward: more constraints, harder numbers, more steps; downward: easier);
+    code: WizardCoder's five difficulty heuristics."""
+    if domain == "chat":
         depth = load_prompt("evol", "evol_instruct_depth.txt")
         methods = [EvolvingMethod(f"evol-instruct/{name}", fill(depth, method=sentence).strip(), "plain")
                    for name, sentence in _named_lines("evol_instruct_depth_methods")]
         breadth = load_prompt("evol", "evol_instruct_breadth.txt").strip()
         return methods + [EvolvingMethod("evol-instruct/breadth", breadth, "plain")]
-    if domain == "code":
-        code = load_prompt("evol", "code_evol.txt")
-        return [EvolvingMethod(f"evol-instruct/code-{name}", fill(code, method=sentence).strip(), "plain")
-                for name, sentence in _named_lines("code_evol_methods")]
+    if domain in ("math", "code"):
+        template = load_prompt("evol", f"{domain}_evol.txt")
+        return [EvolvingMethod(f"evol-instruct/{domain}-{name}", fill(template, method=sentence).strip(), "plain")
+                for name, sentence in _named_lines(f"{domain}_evol_methods")]
     raise InputError(f"domain {domain!r}: expected one of 'chat', 'math', 'code'")
 
 
