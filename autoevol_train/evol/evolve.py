@@ -291,10 +291,10 @@ def _check_resumable(parts: Path, config: EvolveConfig) -> None:
 async def evolve_shard(config: EvolveConfig, stage: StageRun) -> tuple[dict[str, Any], LoadReport]:
     """The LLM phase of `run_evolve`: stream this shard's unfinished seeds through `ItemEvolver.item` into the
     parts store; returns counts and LLM usage, and how the seed file read (malformed rows skipped)."""
+    total, report = _count_my_seeds(config) if config.seeds.is_local() else (None, LoadReport())  # before writing
     parts = stage.path / "parts"
     _check_resumable(parts, config)
     done = completed_keys(parts)
-    total, report = _count_my_seeds(config) if config.seeds.is_local() else (None, LoadReport())
     counts = {"items": 0, "rows": 0, "rejected": 0}
     async with stage.pool(_roles(config)) as pool:
         evolver = ItemEvolver(config, pool["evol"], pool["responder"])
