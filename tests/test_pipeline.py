@@ -237,7 +237,7 @@ def test_missing_stage_file_is_one_line_and_exit_2(tmp_path, capsys):
 def test_every_model_and_domain_has_a_pipeline():
     assert {p.parent.relative_to(REPO / "recipes").as_posix() for p in PIPELINES} == {
         "mistral-7b/chat", "mistral-7b/math", "mixtral-8x7b/chat", "mixtral-8x7b/math",
-        "codellama-13b-python/code", "deepseek-coder-33b-base/code"}
+        "codellama-13b-python/code", "deepseek-coder-33b-base/code", "qwen2.5-7b/math"}
 
 
 def test_misspelt_training_override_fails_on_load_with_exit_2(tmp_path):

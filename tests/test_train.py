@@ -235,3 +235,56 @@ def test_help_lists_the_recipe_fields(command):
     for field_name in ("--model_name_or_path", "--learning_rate", "--assistant_only_loss", "--chat_template_name",
                        "--accelerate_config", "--datasets"):
         assert field_name in result.stdout
+
+
+def test_qwen_recipe_swaps_only_the_base_model_and_trls_template_masks_the_assistant_turns(gsm8k_dir, tiny_llama,
+                                                                                         tmp_path):
+    """A current family beyond the paper's: the Qwen2.5 recipe is the Mistral one with another base model (and
+    'auto' instead of the paper's Vicuna format); 'auto' then takes TRL's own Qwen2.5 training template."""
+    import trl
+    from transformers import AutoTokenizer
+    from trl.chat_template_utils import qwen2_5_training_chat_template
+
+    from autoevol_train.train.sft import load_train_dataset, prepare_tokenizer
+
+    qwen_path = REPO / "recipes/qwen2.5-7b/math/sft.yaml"
+    qwen, mistral = (yaml.safe_load(p.read_text()) for p in (qwen_path, REPO / "recipes/mistral-7b/math/sft.yaml"))
+    assert {k for k in qwen.keys() | mistral.keys() if qwen.get(k) != mistral.get(k)} == {
+        "model_name_or_path", "chat_template_name", "output_dir"}
+    assert qwen["chat_template_name"] == "auto"
+    parse_recipe(qwen_path, ["--use_cpu", "true"])
+
+    # No hub here: the tiny model gets Qwen2.5's own tokenizer shape (its chat template as TRL stores it, which TRL
+    # recognises by exact comparison, and its <|im_start|> / <|im_end|> tokens, EOS = <|im_end|>).
+    model = tmp_path / "qwen-shaped"
+    shutil.copytree(tiny_llama, model)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    tokenizer.add_special_tokens({"eos_token": "<|im_end|>", "additional_special_tokens": ["<|im_start|>"]})
+    tokenizer.chat_template = (Path(trl.__file__).parent / "chat_templates" / "qwen2_5.jinja").read_text()
+    tokenizer.save_pretrained(model)
+    recipe = write_recipe(tmp_path / "sft.yaml", model_name_or_path=str(model), dataset_name=str(gsm8k_dir),
+                          chat_template_name="auto", output_dir=str(tmp_path / "out"))
+    script_args, training_args, model_args, mixture = parse_recipe(recipe)
+    trained = prepare_tokenizer(script_args, training_args, model_args, load_train_dataset(script_args, mixture))
+    assert trained.chat_template == qwen2_5_training_chat_template
+
+    rendered = trained.apply_chat_template(CONVERSATION, tokenize=True, return_dict=True,
+                                           return_assistant_tokens_mask=True)
+    masked = [token for token, mask in zip(rendered["input_ids"], rendered["assistant_masks"]) if mask]
+    expected = "".join("\n" + m["content"] + "<|im_end|>\n" for m in CONVERSATION if m["role"] == "assistant")
+    assert trained.decode(masked) == expected  # the answers and their end-of-turn token, nothing else
+
+
+def test_unknown_template_names_the_documented_way_to_supply_one(gsm8k_dir, tiny_llama, tmp_path):
+    from transformers import AutoTokenizer
+
+    model = tmp_path / "unknown-family"
+    shutil.copytree(tiny_llama, model, ignore=shutil.ignore_patterns("*.safetensors"))
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    tokenizer.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    tokenizer.save_pretrained(model)
+    recipe = write_recipe(tmp_path / "sft.yaml", model_name_or_path=str(model), dataset_name=str(gsm8k_dir),
+                          output_dir=str(tmp_path / "out"))
+    with pytest.raises(InputError, match=r"TRL ships no training version of it.*a \.jinja file with markers "
+                                         r"\(docs/training.md, 'Any other chat model'\)"):
+        train(*parse_recipe(recipe))

@@ -5,9 +5,10 @@ A recipe is a TrlParser YAML (TRL's own shape: script arguments + `SFTConfig` + 
 
 * defaults for this project (`AutoEvolSFTConfig`): max length 2048, assistant-only loss, and packing (bfd,
   padding-free: no pad tokens) whenever the attention is varlen (flash), the case where it is exact;
-* training chat templates with ``{% generation %}`` markers (``templates/*.jinja``), picked from the model
-  family or named with ``chat_template_name``, and saved with the model so evaluation renders prompts the way
-  training did;
+* training chat templates with ``{% generation %}`` markers, picked from the model family: TRL's shipped
+  training template where TRL has one (Llama 3, Qwen2.5/3, Gemma, Phi-3, ...), ours (``templates/*.jinja``) for
+  the paper's families TRL has none for, or any ``.jinja`` named with ``chat_template_name``; saved with the
+  model so evaluation renders prompts the way training did;
 * evolved dataset directories (``<dir>/data/<split>-*.parquet``, see `autoevol_train.data.writers`) as
   ``dataset_name`` or as mixture entries;
 * validation before any weight is loaded: unknown or renamed recipe keys, a missing ``messages`` column and a
@@ -48,9 +49,10 @@ class SFTScriptArguments(ScriptArguments):
     """TRL's script arguments plus the chat template to train with and the accelerate config to launch with."""
 
     chat_template_name: str = field(default="auto", metadata={
-        "help": "training chat template: 'auto' (the model family's shipped template, else the model's own if it "
-                "has {%% generation %%} markers), one of " + ", ".join(SHIPPED_TEMPLATES) + ", 'model' (the "
-                "tokenizer's own), or a path to a .jinja file"})
+        "help": "training chat template: 'auto' (ours for the families TRL has none for: " + ", ".join(SHIPPED_TEMPLATES)
+                + "; else the model's own if it has {%% generation %%} markers; else TRL's training template of its "
+                "family: Llama 3, Qwen2.5/3, Gemma, Phi-3, ...), one of ours by name, 'model' (the tokenizer's own), "
+                "or a path to a .jinja file with markers (any other chat model: docs/training.md)"})
     accelerate_config: str = field(default="recipes/accelerate_configs/deepspeed_zero3.yaml", metadata={
         "help": "accelerate config `autoevol train` launches with (relative paths: from the working directory, "
                 "else from the repository root)"})
@@ -215,6 +217,20 @@ def template_for(chat_template_name: str, model_name_or_path: str) -> str | None
     return None
 
 
+def trl_training_template(tokenizer) -> str | None:
+    """TRL's shipped training template (with generation markers) for the tokenizer's own template, which TRL
+    recognises by exact comparison with the families it knows; None when the own template needs no patch or TRL
+    has no training version of it."""
+    from trl.chat_template_utils import get_training_chat_template
+
+    if not tokenizer.chat_template:
+        return None
+    try:
+        return get_training_chat_template(tokenizer)
+    except ValueError:  # a template TRL does not know
+        return None
+
+
 def prepare_tokenizer(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: ModelConfig, dataset):
     """Load the tokenizer only, install the training template and check the data against it.
 
@@ -229,6 +245,8 @@ def prepare_tokenizer(script_args: SFTScriptArguments, training_args: SFTConfig,
     template = template_for(script_args.chat_template_name, model)
     tokenizer = AutoTokenizer.from_pretrained(model, revision=model_args.model_revision,
                                               trust_remote_code=training_args.trust_remote_code)
+    if template is None and script_args.chat_template_name == "auto":
+        template = trl_training_template(tokenizer)
     if template is not None:
         tokenizer.chat_template = template
     if tokenizer.pad_token is None:  # padded (unpacked) batches need one; EOS is masked out of labels by TRL
@@ -246,9 +264,10 @@ def prepare_tokenizer(script_args: SFTScriptArguments, training_args: SFTConfig,
                              f"'messages' column (columns: {columns}); set assistant_only_loss: false to train on "
                              "whole texts")
         if not tokenizer.chat_template or not has_generation_markers(tokenizer.chat_template):
-            raise InputError(f"model {model}: its chat template has no {{% generation %}} markers, so assistant-only "
-                             f"loss cannot find the answers; set chat_template_name to one of "
-                             f"{', '.join(SHIPPED_TEMPLATES)} (or a .jinja with markers), or assistant_only_loss: false")
+            raise InputError(f"model {model}: its chat template has no {{% generation %}} markers and TRL ships no "
+                             "training version of it, so assistant-only loss cannot find the answers; set "
+                             "chat_template_name to a .jinja file with markers (docs/training.md, 'Any other chat "
+                             f"model'), to one of {', '.join(SHIPPED_TEMPLATES)}, or assistant_only_loss: false")
         if not is_chat_template_stop_token_trained(tokenizer):
             raise InputError(f"model {model}: the chat template leaves the end-of-turn token outside "
                              "{% generation %}: the model would never learn to stop")
