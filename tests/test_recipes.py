@@ -24,14 +24,15 @@ F_DEFAULTS = ["Understood", "Thank you", "Sure", "What", "That is correct", "Gre
 
 @pytest.mark.parametrize("recipe", PIPELINES, ids=lambda p: p.parent.relative_to(REPO / "recipes").as_posix())
 def test_reproduction_arms_apply_the_papers_filters(recipe):
-    """Seed arm: nothing; Evol-Instruct: WizardLM's elimination (with the LLM 'Equal' check), no F; Auto: F
-    alone. Deduplication is off and contamination is counted, not removed (Table 10), in every arm."""
+    """Seed arm: nothing; Evol-Instruct (math: WizardMath's): WizardLM's elimination (with the LLM 'Equal'
+    check) and re-pooling, no F; Auto: F alone. Deduplication is off and contamination is counted, not removed (Table 10), in every arm."""
     config = load_config(PipelineConfig, recipe)
     arms = {arm.name: arm_evolve_config(config, arm, Path("best_method.txt")) for arm in config.arms}
     assert list(arms) == ["seed", "evol-instruct", "auto-evol"]
     assert arms["seed"].method == "none" and not arms["seed"].respond_seeds  # F and elimination judge evolutions
     evol, auto = arms["evol-instruct"].failures, arms["auto-evol"].failures
     assert evol.elimination and evol.llm_equal_judge and not evol.asks_back_prefixes and not evol.please_provide_phrases
+    assert arms["evol-instruct"].repool_failed  # WizardLM puts failed items back into the pool
     assert not auto.elimination and auto.asks_back_prefixes == F_DEFAULTS and auto.please_provide_phrases
     for arm in arms.values():
         assert not (arm.dedup.exact or arm.dedup.near)
