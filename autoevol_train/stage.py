@@ -84,7 +84,8 @@ class StageRun:
         if any(usage["samples"] for pool in self._pools for usage in pool.usage().values()):
             return False
         changed = {name for name, stamp in _files(self.path).items() if self._before.get(name) != stamp}
-        return changed <= set(_BOOKKEEPING) | {self.run_dir.journal_path.name}
+        journal = self.run_dir.journal_path.name  # calls.sqlite and its -wal / -shm companions
+        return all(name in _BOOKKEEPING or name.startswith(journal) for name in changed)
 
     def _put_back(self) -> None:
         if not self._existed:

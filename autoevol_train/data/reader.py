@@ -76,12 +76,15 @@ def read_text(path: str | Path, what: str = "file") -> str:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such {what}")
-    data = path.read_bytes()
+    return _decode(path.read_bytes(), str(path))
+
+
+def _decode(data: bytes, name: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
-        raise InputError(f"{path}: line {line}: not UTF-8 text (byte offset {exc.start})") from None
+        raise InputError(f"{name}: line {line}: not UTF-8 text (byte offset {exc.start})") from None
 
 
 @cache
@@ -104,12 +107,9 @@ def _iter_local(path: Path, what: str) -> Iterator[Any]:
     with opener(path, "rb") as handle:
         head = handle.read(4096)
         if head.lstrip().startswith(b"["):  # one JSON array: has to be parsed whole
-            data = head + handle.read()
+            text = _decode(head + handle.read(), path.name)
             try:
-                rows = json.loads(data.decode("utf-8"))
-            except UnicodeDecodeError as exc:
-                line = data.count(b"\n", 0, exc.start) + 1
-                raise InputError(f"{path.name}: line {line}: not UTF-8 text (byte offset {exc.start})") from None
+                rows = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise InputError(f"{path.name}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
             if not isinstance(rows, list):
