@@ -229,9 +229,10 @@ def commented_yaml(cls: type[BaseModel]) -> str:
 
 
 def _model_of(annotation: Any) -> tuple[type[BaseModel] | None, list[str]]:
-    """The model a field holds (the first alternative of a union of models), and the names of all of them."""
+    """The model a field holds (the first alternative of a union of models), and the names of all of them
+    (a discriminated union's tag values, e.g. the backends of a role)."""
     models = [m for m in _members(annotation) if isinstance(m, type) and issubclass(m, BaseModel)]
-    return (models[0] if models else None), [m.__name__ for m in models]
+    return (models[0] if models else None), [min(_tags(m) - {m.__name__}, default=m.__name__) for m in models]
 
 
 def _has_required_leaf(model: type[BaseModel]) -> bool:
@@ -254,7 +255,7 @@ def _emit_fields(model: type[BaseModel], values: dict[str, Any] | None, depth: i
             notes.append("one of: " + ", ".join(map(str, choices)))
         submodel, shapes = _model_of(field.annotation)
         if len(shapes) > 1:
-            notes.append(f"shapes: {', '.join(shapes)} (shown: {shapes[0]})")
+            notes.append(f"one of: {', '.join(shapes)} (shown: {shapes[0]}; the others take other keys)")
         if submodel is None and get_origin(field.annotation) is list:
             item_model, _ = _model_of(get_args(field.annotation)[0]) if get_args(field.annotation) else (None, [])
             if item_model is not None:
