@@ -13,7 +13,9 @@ What a failure leaves behind is decided here, not in each stage:
   this attempt created it, its config and manifest put back if it existed (a failed attempt must not
   overwrite the config that a resume would compare against);
 - anything else (an endpoint, an unusable result, a bug, Ctrl-C): the manifest says `failed` (or
-  `interrupted`) with the reason in one line, never `running`;
+  `interrupted`) with the reason in one line, never `running`; when the stage's pool made no LLM call at
+  all (its endpoints failed the preflight), the files the attempt created are removed too: nothing but the
+  failed manifest (and the config) is left;
 - the journal is closed whatever happens, so every committed call survives for the re-run.
 """
 
@@ -72,6 +74,8 @@ class StageRun:
         if isinstance(exc, InputError) and self._untouched():
             self._put_back()
             return
+        if self._pools and not self._calls_made():  # e.g. the preflight failed: the files are no result
+            self._remove_new_files()
         if isinstance(exc, KeyboardInterrupt):
             self.run_dir.finish("interrupted", error="interrupted; re-run the same command to resume")
             return
@@ -79,13 +83,25 @@ class StageRun:
         reason = first_line if isinstance(exc, AutoevolError) else f"{type(exc).__name__}: {first_line}"
         self.run_dir.finish("failed", error=reason)
 
+    def _calls_made(self) -> bool:
+        return any(usage["samples"] for pool in self._pools for usage in pool.usage().values())
+
     def _untouched(self) -> bool:
         """No LLM call was made and no file but the bookkeeping changed: the attempt did no work."""
-        if any(usage["samples"] for pool in self._pools for usage in pool.usage().values()):
+        if self._calls_made():
             return False
         changed = {name for name, stamp in _files(self.path).items() if self._before.get(name) != stamp}
         journal = self.run_dir.journal_path.name  # calls.sqlite and its -wal / -shm companions
         return all(name in _BOOKKEEPING or name.startswith(journal) for name in changed)
+
+    def _remove_new_files(self) -> None:
+        """What an attempt that made no LLM call wrote before failing (split files, an empty journal) is
+        derived from the config alone: remove it, so only the manifest says what happened."""
+        for name in set(_files(self.path)) - set(self._before) - set(_BOOKKEEPING):
+            (self.path / name).unlink()
+        for directory in sorted((p for p in self.path.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            if not any(directory.iterdir()):
+                directory.rmdir()
 
     def _put_back(self) -> None:
         if not self._existed:

@@ -91,3 +91,22 @@ def test_map_in_order_keeps_item_order_whatever_the_finishing_order():
 
     assert asyncio.run(main()) == [0, 10, 20, 30]
     assert finished[-1] == 0
+
+
+def test_failure_before_any_llm_call_leaves_only_the_failed_manifest(tmp_path):
+    """What an attempt wrote before its pool made a call (optimize's split files, an empty journal) goes;
+    what an earlier attempt left stays."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "earlier.txt").write_text("kept")
+
+    async def work(stage: StageRun) -> None:
+        (stage.path / "methods").mkdir()
+        (stage.path / "methods" / "initial.txt").write_text("derived from the config")
+        async with stage.pool({"evol": OpenAIRole(model="m")}):
+            raise EndpointError("role evol: http://127.0.0.1:9/v1: connection refused")
+
+    with pytest.raises(EndpointError):
+        with StageRun(tmp_path / "run", "optimize", Config()) as stage:
+            asyncio.run(work(stage))
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.yaml", "earlier.txt", "manifest.json"]
+    assert manifest(tmp_path / "run")["status"] == "failed"
