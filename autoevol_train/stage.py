@@ -59,6 +59,7 @@ class StageRun:
         self._kept = {name: (self.path / name).read_bytes() for name in _BOOKKEEPING
                       if (self.path / name).is_file()}
         self._pools: list[LLMPool] = []
+        self._pool_opened = False
         self.run_dir: RunDir
 
     def __enter__(self) -> StageRun:
@@ -71,11 +72,11 @@ class StageRun:
             if self.run_dir.manifest["status"] == "running":
                 self.run_dir.finish()
             return
+        if self._pool_opened and not self._calls_made():  # e.g. an API key missing, an endpoint down
+            self._remove_new_files()
         if isinstance(exc, InputError) and self._untouched():
             self._put_back()
             return
-        if self._pools and not self._calls_made():  # e.g. the preflight failed: the files are no result
-            self._remove_new_files()
         if isinstance(exc, KeyboardInterrupt):
             self.run_dir.finish("interrupted", error="interrupted; re-run the same command to resume")
             return
@@ -119,6 +120,7 @@ class StageRun:
     @asynccontextmanager
     async def pool(self, roles: dict[str, RoleConfig]) -> AsyncIterator[LLMPool]:
         """The stage's LLM pool over its journal; the journal is closed however the block ends."""
+        self._pool_opened = True
         journal = Journal(self.run_dir.journal_path)
         try:
             async with LLMPool(roles, journal) as pool:
