@@ -50,6 +50,10 @@ class TinyModelConfig(StrictModel):
     arch: Literal["llama", "mistral"] = "llama"
 
 
+# Set per arm by the pipeline (placeholders while the config is checked on load).
+_ARM_RECIPE_KEYS = {"dataset_name": "<arm>/evolve/dataset", "output_dir": "<arm>/train/model"}
+
+
 class TrainStageConfig(StrictModel):
     """The SFT recipe every arm trains with, checked against the installed TRL when the pipeline loads, so a
     misspelt key fails in seconds instead of after optimize and evolve have run."""
@@ -82,10 +86,6 @@ class TrainStageConfig(StrictModel):
             recipe = {**read_recipe(Path(info.data["recipe"])), **overrides, **_ARM_RECIPE_KEYS}
             parse_recipe_mapping(recipe, f"{info.data['recipe']} with these overrides", ["--use_cpu", "true"])
         return overrides
-
-
-# Set per arm by the pipeline (placeholders while the config is checked on load).
-_ARM_RECIPE_KEYS = {"dataset_name": "<arm>/evolve/dataset", "output_dir": "<arm>/train/model"}
 
 
 DEFAULT_ARMS = [ArmConfig(name="seed", method="none"), ArmConfig(name="evol-instruct", method="evol-instruct"),

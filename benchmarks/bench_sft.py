@@ -7,6 +7,7 @@
 2. Wall time of the same tiny training (same model, data, steps, batch, lr; CPU, fp32) through our entry point
    (`scripts/run_sft.py`: validation, training template, assistant-only loss, save + generation config) and
    through plain `trl sft` — both full subprocesses, start-up and save included.
+3. How fast `autoevol run` rejects a pipeline whose training override is misspelt (checked on load).
 
     python benchmarks/bench_sft.py [--rows 256] [--out bench_sft.json]     # ~1-2 min on 2 CPU cores
 """
@@ -67,6 +68,18 @@ def timed(command: list[str], env: dict) -> float:
     return time.perf_counter() - start
 
 
+def rejection_seconds(env: dict, work: Path) -> float:
+    """Wall time of `autoevol run` on a pipeline whose training override is misspelt: it must fail on load (the
+    recipe checked against the installed TRL), exit 2, before any stage runs."""
+    command = [sys.executable, "-m", "autoevol_train.cli", "run", "recipes/quickstart/pipeline.yaml",
+               "train.overrides.learning_rat=1e-5", "--output-dir", str(work / "rejected")]
+    start = time.perf_counter()
+    result = subprocess.run(command, env={**env, "PYTHONPATH": str(REPO)}, cwd=REPO, capture_output=True, text=True)
+    if result.returncode != 2 or "learning_rat" not in result.stderr:
+        raise RuntimeError(f"expected exit 2 naming learning_rat, got {result.returncode}:\n{result.stderr[-2000:]}")
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=256)
@@ -94,13 +107,16 @@ def main() -> None:
         ours = timed([sys.executable, str(REPO / "scripts" / "run_sft.py"), "--config", str(recipe)], env)
         flags = [f"--{key}={value}" for key, value in {**shared, "output_dir": str(work / "trl")}.items()]
         plain = timed([str(Path(sys.executable).parent / "trl"), "sft", *flags], env)
+        rejected = sorted(rejection_seconds(env, work) for _ in range(3))[1]
 
     rows = [("token efficiency: ours (bfd packing, padding-free)", f"{packed['efficiency']:.3f}",
              f"{packed['steps_per_epoch']} steps/epoch, {packed['processed_tokens']} tokens processed"),
             ("token efficiency: TRL unpacked (padded batches)", f"{unpacked['efficiency']:.3f}",
              f"{unpacked['steps_per_epoch']} steps/epoch, {unpacked['processed_tokens']} tokens processed"),
             ("wall time: scripts/run_sft.py (ours)", f"{ours:.1f} s", "1 epoch, subprocess incl. start-up + save"),
-            ("wall time: plain `trl sft`", f"{plain:.1f} s", "same model, data, steps, batch, lr")]
+            ("wall time: plain `trl sft`", f"{plain:.1f} s", "same model, data, steps, batch, lr"),
+            ("misspelt train.overrides key rejected", f"{rejected:.1f} s",
+             "`autoevol run`, exit 2 on load (median of 3; target < 10 s)")]
     width = max(len(row[0]) for row in rows)
     print(f"SFT benchmark: {args.rows} GSM8K conversations, tiny Llama, max_length {args.max_length}, "
           f"batch {args.batch}, CPU")
@@ -109,7 +125,7 @@ def main() -> None:
     if args.out:
         args.out.write_text(json.dumps({"rows": args.rows, "max_length": args.max_length, "batch": args.batch,
                                         "packed": packed, "unpacked": unpacked, "wall_s_ours": ours,
-                                        "wall_s_trl_sft": plain}, indent=2))
+                                        "wall_s_trl_sft": plain, "rejection_s": rejected}, indent=2))
 
 
 if __name__ == "__main__":
