@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from autoevol_train.config import InputError, StrictModel
+from autoevol_train.config import InputError, StrictModel, parse_config
 from autoevol_train.eval.run import EvalConfig, run_eval
 from autoevol_train.evol.evolve import EvolveConfig, run_evolve
 from autoevol_train.evol.optimize import OptimizeConfig, run_optimize
@@ -128,13 +128,8 @@ class PipelineConfig(StrictModel):
             raise ValueError("an arm uses method 'optimized' but there is no optimize section")
         if self.eval is not None and self.train is None:
             raise ValueError("eval evaluates each arm's trained model: it needs a train section")
-        for index, arm in enumerate(self.arms):  # each arm's own evolve config is checked now, not at its turn
-            try:
-                arm_evolve_config(self, arm, Path("best_method.txt"))
-            except ValidationError as exc:
-                first = exc.errors(include_url=False)[0]
-                where = ".".join(str(part) for part in first["loc"])
-                raise ValueError(f"arms[{index}].evolve: {where}: {first['msg']}") from None
+        for arm in self.arms:  # each arm's own evolve config is checked now, not when its turn comes
+            arm_evolve_config(self, arm, Path("best_method.txt"))
         return self
 
 
@@ -226,8 +221,8 @@ def arm_evolve_config(config: PipelineConfig, arm: ArmConfig, best_method: Path 
     else:
         method = {"method": arm.method, "method_file": None}
     # An arm whose every evolution failed on content is reported, not trained (request errors still fail).
-    return EvolveConfig.model_validate(_merged(config.evolve.model_dump(mode="json"),
-                                               {"allow_empty": True, **arm.evolve, **method}))
+    return parse_config(EvolveConfig, _merged(config.evolve.model_dump(mode="json"),
+                                              {"allow_empty": True, **arm.evolve, **method}), f"arm {arm.name}: evolve")
 
 
 # Which filter removed a row, by the reason codes of evol/failures.py, data/decontam.py and data/dedup.py.

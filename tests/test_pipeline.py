@@ -261,3 +261,14 @@ def test_training_override_of_the_wrong_type_fails_on_load(tmp_path, capsys):
                      "--output-dir", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert "train.overrides: " in err and "invalid float value: 'many'" in err and "\n" not in err
+
+
+def test_bad_arm_evolve_override_is_one_line_and_exit_2(tmp_path, capsys):
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(yaml.safe_dump({
+        "arms": [{"name": "seed", "method": "none"}, {"name": "deep", "method": "initial", "evolve": {"roundz": 3}}],
+        "evolve": {"file": str(DOMAINS / "math" / "evolve.yaml")}}))
+    assert cli_main(["run", str(pipeline), "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "autoevol run: error: pipeline.yaml: arm deep: evolve: roundz: unknown key (did you mean rounds?)"
+    assert not (tmp_path / "out").exists()
