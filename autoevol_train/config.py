@@ -9,6 +9,7 @@ got 'many'``.
 from __future__ import annotations
 
 import difflib
+from collections import Counter
 import textwrap
 from pathlib import Path
 from types import UnionType
@@ -79,11 +80,12 @@ def _tags(member: Any) -> set[str]:
     return tags
 
 
-def _walk(cls: type[BaseModel], loc: tuple[Any, ...]) -> tuple[list[Any], tuple[Any, ...], list[Any]]:
+def _walk(cls: type[BaseModel], loc: tuple[Any, ...]
+          ) -> tuple[list[Any], list[tuple[tuple[Any, ...], str]], list[Any]]:
     """Follow an error location through the models: the location as the user wrote it (union alternatives
     left out), the union branch it went through (to group alternatives), and the annotations at its end."""
     shown: list[Any] = []
-    branch: tuple[Any, ...] = ()
+    branch: list[tuple[tuple[Any, ...], str]] = []  # (where, which alternative) for each union passed
     current: list[Any] = [cls]
     for item in loc:
         options = [m for a in current for m in _members(a)]
@@ -91,7 +93,7 @@ def _walk(cls: type[BaseModel], loc: tuple[Any, ...]) -> tuple[list[Any], tuple[
         if isinstance(item, str) and any(item in m.model_fields for m in models):
             current = [m.model_fields[item].annotation for m in models if item in m.model_fields]
         elif len(options) > 1 and isinstance(item, str) and any(item in _tags(m) for m in options):
-            branch += (tuple(shown), item)
+            branch.append((tuple(shown), item))
             current = [m for m in options if item in _tags(m)]
             continue
         else:  # a list index or a mapping key: step into the element type
@@ -118,18 +120,15 @@ def _problems(cls: type[BaseModel], errors: list[dict[str, Any]]) -> list[str]:
     A misspelt required key is one problem, not two: `seedz` says "did you mean seeds?" and the missing
     `seeds` is not reported again. Of a union's alternatives only the one that fits best is reported."""
     walked = [(error, *_walk(cls, tuple(error["loc"]))) for error in errors]
-    by_branch: dict[tuple[Any, ...], int] = {}
-    for _, _, branch, _ in walked:
-        by_branch[branch] = by_branch.get(branch, 0) + 1
-    best: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-    for branch in sorted(by_branch, key=lambda b: by_branch[b]):
-        for depth in range(0, len(branch), 2):
-            best.setdefault(branch[: depth + 1], branch[: depth + 2])
-    walked = [w for w in walked if all(best.get(w[2][: d + 1]) == w[2][: d + 2] for d in range(0, len(w[2]), 2))]
+    errors_per_alternative = Counter(pair for _, _, branch, _ in walked for pair in branch)
+    best: dict[tuple[Any, ...], str] = {}
+    for (where, alternative), _ in sorted(errors_per_alternative.items(), key=lambda item: item[1]):
+        best.setdefault(where, alternative)
+    walked = [w for w in walked if all(best[where] == alternative for where, alternative in w[2])]
 
     missing = {tuple(shown) for error, shown, _, _ in walked if error["type"] == "missing"}
     suggested: set[tuple[Any, ...]] = set()
-    lines: list[tuple[tuple[Any, ...], str]] = []
+    lines: list[tuple[tuple[Any, ...], str, str]] = []
     for error, shown, _, _ in walked:
         problem = _describe(error)
         if error["type"] == "extra_forbidden":
@@ -142,9 +141,8 @@ def _problems(cls: type[BaseModel], errors: list[dict[str, Any]]) -> list[str]:
             if match:
                 problem += f" (did you mean {match[0]}?)"
                 suggested.add((*shown[:-1], match[0]))
-        lines.append((tuple(shown), f"{_key_path(shown)}: {problem}" if shown else problem))
-    missing_but_misspelt = {key for key, line in lines if line.endswith("required key is missing") and key in suggested}
-    return list(dict.fromkeys(line for key, line in lines if key not in missing_but_misspelt))
+        lines.append((tuple(shown), error["type"], f"{_key_path(shown)}: {problem}" if shown else problem))
+    return list(dict.fromkeys(line for key, kind, line in lines if not (kind == "missing" and key in suggested)))
 
 
 def parse_config(cls: type[T], data: Any, source: str, config_dir: Path | None = None) -> T:
