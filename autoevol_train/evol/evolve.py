@@ -39,7 +39,7 @@ from autoevol_train.data.formats import LoadReport, SeedSource, iter_seed_rows
 from autoevol_train.data.parts import PartWriter, completed_keys
 from autoevol_train.data.reader import load_prompt
 from autoevol_train.evol.attempt import evolve_once
-from autoevol_train.evol.failures import REQUEST_ERRORS, FailureRules
+from autoevol_train.evol.failures import REQUEST_ERRORS, FailureRules, format_counts
 from autoevol_train.evol.methods import (EvolvingMethod, evol_instruct_methods, load_method,
                                          starting_method)
 from autoevol_train.evol.records import EvolvedRow, ItemRecord, Reject
@@ -335,7 +335,7 @@ def _check_result(config: EvolveConfig, summary: dict[str, Any], rejects: Path) 
     """ResultError (after the dataset and its rejects are written, for inspection) when the seeds were mostly
     lost to request errors, or when the dataset is empty and `allow_empty` is off."""
     by_reason = summary["rejected_by_reason"]
-    breakdown = ", ".join(f"{reason} {count}" for reason, count in by_reason.items()) or "none"
+    breakdown = format_counts(by_reason)
     request_errors = sum(by_reason.get(reason, 0) for reason in REQUEST_ERRORS)
     if request_errors > config.max_request_error_share * summary["seeds"]:
         raise ResultError(f"evolve: {request_errors} of {summary['seeds']} seeds failed for request errors "

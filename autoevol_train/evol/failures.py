@@ -24,7 +24,7 @@ from autoevol_train.llm.types import Completion
 if TYPE_CHECKING:
     from autoevol_train.llm.client import LLMClient
 
-__all__ = ["FailureRules", "check_evolution", "evol_failure", "judge_equal", "REQUEST_ERRORS",
+__all__ = ["FailureRules", "check_evolution", "evol_failure", "judge_equal", "format_counts", "REQUEST_ERRORS",
            "OFFICIAL_PREFIXES", "OFFICIAL_PHRASES"]
 
 # Failures caused by a failed request (the endpoint's fault), not by the method or the content.
@@ -63,6 +63,11 @@ class FailureRules(StrictModel):
     llm_equal_judge: bool = Field(
         False, description="elimination: ask the evol LLM whether original and evolution are 'Equal' "
         "(one extra call per item; the caller runs judge_equal)")
+
+
+def format_counts(counts: dict[str, int]) -> str:
+    """"parse_failure 3, short_sorry 1": failure counts in one line (reports, history, error messages)."""
+    return ", ".join(f"{reason} {count}" for reason, count in counts.items()) or "none"
 
 
 def evol_failure(completion: Completion) -> str | None:

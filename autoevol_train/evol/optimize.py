@@ -37,7 +37,7 @@ from pydantic import Field, PositiveInt
 from autoevol_train.config import InputError, StrictModel
 from autoevol_train.errors import ResultError
 from autoevol_train.evol.attempt import Attempt, evolve_once, evolve_text, tokens
-from autoevol_train.evol.failures import REQUEST_ERRORS, FailureRules
+from autoevol_train.evol.failures import REQUEST_ERRORS, FailureRules, format_counts
 from autoevol_train.data.reader import load_prompt
 from autoevol_train.evol.methods import INSTRUCTION_LABEL, EvolvingMethod, fill, starting_method
 from autoevol_train.evol.records import DevRow, HistoryRow, best_so_far
@@ -401,14 +401,13 @@ def _check_not_request_failures(rows: list[HistoryRow]) -> None:
         return row["lambda"] == 1 and 2 * request_errors > row["n_dev"]
 
     if failed(rows[0]) or all(failed(row) for row in rows[1:]):
-        incumbent = ", ".join(f"{reason} {count}" for reason, count in rows[0]["failures"].items()) or "no failure"
         candidates = Counter(": ".join(row["status"].split(": ")[:3]) if row["status"] != "ok" else
-                             ", ".join(f"{reason} {count}" for reason, count in row["failures"].items())
-                             for row in rows[1:])
-        raise ResultError(f"optimize step {rows[0]['step']}: the {'incumbent' if failed(rows[0]) else 'candidates'}"
-                          f" failed for request errors only (incumbent {rows[0]['name']}: {incumbent}; candidates: "
-                          + "; ".join(f"{what} ×{n}" for what, n in candidates.items())
-                          + "); check the endpoints and re-run")
+                             format_counts(row["failures"]) for row in rows[1:])
+        incumbent, listed = rows[0], "; ".join(f"{what} ×{n}" for what, n in candidates.items())
+        raise ResultError(f"optimize step {incumbent['step']}: the {'incumbent' if failed(incumbent) else 'candidates'}"
+                          f" failed for request errors only (incumbent {incumbent['name']}: "
+                          f"{format_counts(incumbent['failures'])}; candidates: {listed}); check the endpoints "
+                          "and re-run")
 
 
 async def _optimize(config: OptimizeConfig, stage: StageRun, seeds: Seeds, start: EvolvingMethod) -> LoopState:

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from autoevol_train.evol.failures import format_counts
 from autoevol_train.evol.records import best_so_far
 from autoevol_train.rundir import write_atomic
 
@@ -56,10 +57,6 @@ def _fmt(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}"
 
 
-def _failures(counts: dict[str, int]) -> str:
-    return ", ".join(f"{reason} {count}" for reason, count in counts.items()) or "none"
-
-
 def _short(text: str | None, limit: int = 400) -> str:
     text = "" if text is None else " ".join(text.split())
     return text if len(text) <= limit else text[:limit] + " …"
@@ -70,7 +67,8 @@ def _step_row(step: int, rows: list[dict[str, Any]], best: dict[str, Any]) -> li
     selected = next(r for r in rows if r["selected"])
     candidates = " ".join(_fmt(r["lambda"]) for r in rows if r["candidate"] != "incumbent")
     return [str(step), selected["name"], _fmt(incumbent["lambda"]), candidates, _fmt(selected["lambda"]),
-            f"{best['name']} ({_fmt(best['lambda'])})", _failures(selected["failures"]), f"{incumbent['wall_s']:.1f}"]
+            f"{best['name']} ({_fmt(best['lambda'])})", format_counts(selected["failures"]),
+            f"{incumbent['wall_s']:.1f}"]
 
 
 def _blocks(run_path: Path, history: list[dict[str, Any]]) -> list[Block]:
@@ -102,7 +100,7 @@ def _blocks(run_path: Path, history: list[dict[str, Any]]) -> list[Block]:
                              f"far `{bests[i + 1]['name']}` (λ {_fmt(bests[i + 1]['lambda'])})"))
         blocks.append(("table", (["candidate", "status", "method id", "λ", "failures"],
                                  [[str(r["candidate"]), r["status"], r["method_id"] or "—", _fmt(r["lambda"]),
-                                   _failures(r["failures"])] for r in rows])))
+                                   format_counts(r["failures"])] for r in rows])))
         if selected["candidate"] == "incumbent":
             blocks.append(("p", "The optimizer gave no usable candidate; the method is unchanged."))
             continue

@@ -42,7 +42,7 @@ def best_so_far(history: list[HistoryRow]) -> list[HistoryRow]:
     bests = [next(r for r in history if r["step"] == steps[0] and r["candidate"] == "incumbent")] if steps else []
     for step in steps:
         selected = next(r for r in history if r["step"] == step and r["selected"])
-        better = selected["candidate"] != "incumbent" and selected["score"] < bests[-1]["score"]  # type: ignore[operator]
+        better = selected["candidate"] != "incumbent" and selected["score"] < bests[-1]["score"]  # type: ignore
         bests.append(selected if better else bests[-1])
     return bests
 
