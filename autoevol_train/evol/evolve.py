@@ -7,9 +7,9 @@ is regenerated against the evolved conversation so far. A failed round (evol cal
 failure detector F or an elimination rule) ends that item's chain; the reason goes to the rejects file.
 
 The methods: ``file`` (an optimised ``best_method.txt``), ``initial`` (the universal method), ``weak``,
-``evol-instruct`` (the human baseline: one of its methods drawn per item and round from a seeded generator,
-so a re-run draws the same), or ``none`` (the seed arm: the seeds as they are, answered only where a seed
-has no answer or `respond_seeds` asks for it).
+``evol-instruct`` (the domain's human baseline, WizardLM / WizardMath / WizardCoder: one of its methods drawn
+per item and round from a seeded generator, so a re-run draws the same), or ``none`` (the seed arm: the seeds
+as they are, answered only where a seed has no answer or `respond_seeds` asks for it).
 
 Crash safety and scale: each finished item is appended as one JSON line to ``parts/`` (append-only, one file
 set per attempt) and every LLM call is in the journal; a re-run skips finished items and gets the calls of
@@ -66,10 +66,11 @@ class EvolveConfig(StrictModel):
 
     seeds: SeedSource
     domain: Literal["chat", "math", "code"] = Field(
-        description="picks the responder's system prompt and Evol-Instruct's method set (code: WizardCoder's)")
+        description="picks the responder's system prompt and the evol-instruct baseline (chat: WizardLM's, "
+        "math: WizardMath's, code: WizardCoder's methods)")
     method: Literal["file", "initial", "weak", "evol-instruct", "none"] = Field(
         "file", description="file: method_file (an optimised best_method.txt); initial: the universal method; "
-        "weak: the ablation method; evol-instruct: the human baseline; none: the seed arm")
+        "weak: the ablation method; evol-instruct: the domain's human baseline; none: the seed arm")
     method_file: str | None = Field(None, description="the method text file when method is 'file'")
     rounds: int = Field(1, ge=1, description="evolution rounds R; round r evolves round r-1's instruction")
     repool_failed: bool = Field(

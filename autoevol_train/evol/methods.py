@@ -7,8 +7,8 @@ dataset row can always be traced back to the exact prompt that made it.
 - ``labelled`` methods (the universal initial method, the weak ablation method, every optimised method, any
   method loaded from a file) ask for a step-by-step answer whose last part follows a final label such as
   "#Finally Rewritten Instruction#"; the instruction is appended after an "#Instruction#:" label.
-- ``plain`` methods (Evol-Instruct's and WizardCoder's human-designed prompts) hold an ``{instruction}`` slot
-  and the whole answer is the rewritten instruction.
+- ``plain`` methods (the human-designed prompts of WizardLM, WizardMath and WizardCoder) hold an
+  ``{instruction}`` slot and the whole answer is the rewritten instruction.
 
 The prompt texts live in ``prompts/*.txt`` next to this module, in the project's own words.
 """
