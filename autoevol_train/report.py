@@ -149,6 +149,16 @@ def _usage_rows(output_dir: Path, stage_dirs: list[tuple[str, Path]]) -> list[li
     return rows
 
 
+def _filters_table(output_dir: Path) -> str:
+    """Rows each filter removed, per arm (the pipeline's filters.json): the arms are filtered differently."""
+    filters = _read_json(output_dir / "filters.json") or {}
+    names = sorted({name for arm in filters.values() for name in arm["removed"]})
+    rows = [[arm, summary["seeds"], summary["rows"]] + [summary["removed"].get(name, 0) for name in names]
+            for arm, summary in filters.items()]
+    return ("<p>Rows removed by each filter (the pipeline's <code>filters.json</code> also lists each arm's "
+            "filter settings):</p>" + _table(["arm", "seeds", "rows"] + names, rows)) if rows else ""
+
+
 def build_report(output_dir: Path, config: PipelineConfig) -> Path:
     """Write `report.html` (+ PNGs) into the pipeline's run directory; returns its path."""
     output_dir = Path(output_dir)
@@ -220,7 +230,7 @@ def build_report(output_dir: Path, config: PipelineConfig) -> Path:
                            f"{html.escape(reasons)}. <a href='{arm.name}/evolve/dataset/README.md'>Data card</a></p>")
         data_blocks.append(_image(output_dir, dataset / "stats.png", f"{arm.name} statistics"))
     if data_blocks:
-        blocks += ["<h2>Data</h2>"] + data_blocks
+        blocks += ["<h2>Data</h2>", _filters_table(output_dir)] + data_blocks
 
     # Training.
     curves = {arm.name: _loss_history(output_dir / arm.name / "train") for arm in config.arms}

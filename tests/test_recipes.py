@@ -91,6 +91,10 @@ def test_filters_per_arm_are_applied_and_counted(scripted_server, tmp_path):
     assert filters["eliminated"]["applied"]["failures"]["asks_back_prefixes"] == []
     stats = json.loads((tmp_path / "run" / "detector" / "evolve" / "dataset" / "stats.json").read_text())
     assert stats["rejected_by_reason"] == {"response_asks_back": 1}
+    page = (tmp_path / "run" / "report.html").read_text()  # the report shows the same counts per arm
+    assert "<th>seeds</th><th>rows</th><th>elimination</th><th>failure detector F</th>" in page
+    cells = "".join(f'<td class="num">{n}</td>' for n in (4, 3, 0, 1))
+    assert f"<tr><td>detector</td>{cells}</tr>" in page
 
 
 def test_removed_by_filter_groups_every_reason():
