@@ -348,7 +348,8 @@ def test_role_configs_pick_their_model_by_backend_and_name_keys_as_written(tmp_p
     assert isinstance(roles.b, VLLMRole) and roles.b.dtype == "bfloat16"
     for text, message in [("a: {model: m, max_tokens: many}", "roles.yaml: a.max_tokens: expected int"),
                           ("a: {backend: vllm, model: m, base_urls: [x]}", "roles.yaml: a.base_urls: unknown key"),
-                          ("a: {backend: tgi, model: m}", "roles.yaml: a.backend: Input should be 'openai', 'vllm' or 'transformers'")]:
+                          ("a: {backend: tgi, model: m}",
+                           "roles.yaml: a.backend: Input should be 'openai', 'vllm' or 'transformers'")]:
         path.write_text(text)
         with pytest.raises(ConfigError, match=message):
             load_config(Roles, path)

@@ -3,8 +3,11 @@
 A role (evol, optimizer, responder, judge, or the model under test) is a model plus how to reach it and how
 to sample from it. `LLMClient.chat` answers a chat with n samples: it reads the journal first (a resumed run
 repeats no completed call), else asks the backend within the role's concurrency bound, retrying transient
-failures with exponential backoff and jitter. Whatever happens, it returns n `Completion`s; failures and
-truncations are labelled in them, never raised into the stage and never passed on as good answers.
+failures with exponential backoff and jitter. It returns n `Completion`s; failures and truncations are
+labelled in them, never passed on as good answers. The one exception it raises is `CircuitOpen` (exit 3),
+when the role's requests keep failing (see breaker.py): a dead endpoint stops the stage.
+
+`LLMPool.preflight()` checks every endpoint before a stage starts (see `Backend.preflight`).
 
 Roles that name the same backend share it: an in-process model is loaded once even when it plays the evol
 LLM and the responder.
@@ -14,14 +17,21 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
+from autoevol_train.errors import AutoevolError
+from autoevol_train.llm.breaker import Breaker
 from autoevol_train.llm.journal import Journal, call_key
-from autoevol_train.llm.types import (Backend, Completion, FatalRequestError, Messages, OpenAIRole, RetryableError,
-                                      RoleConfig, Sampling, TransformersRole, VLLMRole)
+from autoevol_train.llm.types import (Backend, Completion, EndpointRefusedError, FatalRequestError, Messages,
+                                      OpenAIRole, PreflightMode, RetryableError, RoleConfig, Sampling,
+                                      TransformersRole, UnreachableError, VLLMRole)
+
+UNREACHABLE_RETRIES = 2  # connection refused / DNS: a blip gets two quick retries, a dead server fails fast
 
 
 @dataclass
@@ -49,6 +59,7 @@ class LLMClient:
         self._backend = backend
         self._journal = journal
         self._slots = asyncio.Semaphore(config.max_concurrency)
+        self._breaker = Breaker(role, config.model, config.breaker)
         self.stats = RoleStats()
 
     @property
@@ -62,6 +73,7 @@ class LLMClient:
         results = [self._journal.get(k) if self._journal is not None else None for k in keys]
         missing = [i for i, got in enumerate(results) if got is None]
         if missing:
+            self._breaker.check()
             async with self._slots:
                 fresh = await self._request(messages, sampling, n)
             request = {"messages": messages, "sampling": sampling.as_dict()}
@@ -84,8 +96,17 @@ class LLMClient:
         return (await self.chat(messages, n=1, **overrides))[0]
 
     async def _request(self, messages: Messages, sampling: Sampling, n: int) -> list[Completion]:
+        """n completions, or n labelled failures. Each outcome goes to the breaker, which raises `CircuitOpen`
+        here (and before every retry of every request of the role) once it opens."""
+        attempts = 0
+
+        def out_of_budget(state: RetryCallState) -> bool:
+            unreachable = state.outcome is not None and isinstance(state.outcome.exception(), UnreachableError)
+            budget = min(self.config.max_retries, UNREACHABLE_RETRIES) if unreachable else self.config.max_retries
+            return state.attempt_number > budget
+
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.config.max_retries + 1),
+            stop=out_of_budget,
             wait=wait_exponential_jitter(multiplier=self.config.retry_initial_s, jitter=self.config.retry_initial_s,
                                         max=60.0),
             retry=retry_if_exception_type(RetryableError),
@@ -94,17 +115,28 @@ class LLMClient:
         try:
             async for attempt in retrying:
                 with attempt:
-                    if attempt.retry_state.attempt_number > 1:
+                    self._breaker.check()
+                    attempts += 1
+                    if attempts > 1:
                         self.stats.retries += 1
                     self.stats.requests += 1
                     completions = await self._backend.generate(messages, sampling, n)
         except RetryableError as exc:
-            return [Completion.failed(f"gave up after {self.config.max_retries + 1} attempts: {exc}") for _ in range(n)]
-        except FatalRequestError as exc:
-            return [Completion.failed(str(exc)) for _ in range(n)]
-        if len(completions) != n:
-            return [Completion.failed(f"backend returned {len(completions)} samples, asked for {n}") for _ in range(n)]
-        return completions
+            failure = f"gave up after {attempts} attempts: {exc}"
+            self._breaker.record(failure, exc.where)
+        except EndpointRefusedError as exc:
+            failure = str(exc)
+            self._breaker.record(failure, exc.where)
+        except FatalRequestError as exc:  # this request's own fault (e.g. too long): not the endpoint's
+            failure = str(exc)
+        else:
+            if len(completions) == n:
+                self._breaker.record(None)
+                return completions
+            failure = f"backend returned {len(completions)} samples, asked for {n}"
+            self._breaker.record(failure)
+        self._breaker.check()
+        return [Completion.failed(failure) for _ in range(n)]
 
 
 def _make_backend(config: RoleConfig) -> Backend:
@@ -121,19 +153,49 @@ def _make_backend(config: RoleConfig) -> Backend:
             return TransformersBackend(config)
 
 
+@contextmanager
+def _named(label: str) -> Iterator[None]:
+    """Prefix the roles' names to the one-line message of an error raised inside."""
+    try:
+        yield
+    except AutoevolError as exc:
+        raise type(exc)(f"{label}: {exc}") from None
+
+
 class LLMPool:
-    """The clients of one run, keyed by role, sharing backends and one journal."""
+    """The clients of one run, keyed by role, sharing backends and one journal.
+
+    Built before any work: every role's cheap environment checks run first (a missing API key is an
+    `InputError`, a missing in-process model directory an `EndpointError`), then the backends are built
+    (in-process models load here). `await pool.preflight()` then checks that every endpoint serves."""
 
     def __init__(self, roles: dict[str, RoleConfig], journal: Journal | None = None):
-        backends: dict[str, Backend] = {}
-        self.clients: dict[str, LLMClient] = {}
+        sharing: dict[str, list[str]] = {}  # backend identity → the roles that use it
         for role, config in roles.items():
-            identity = config.backend_identity()
-            if identity not in backends:
-                backends[identity] = _make_backend(config)
-            self.clients[role] = LLMClient(role, config, backends[identity], journal)
-        self._backends = list(backends.values())
+            with _named(role):
+                config.check_environment()
+            sharing.setdefault(config.backend_identity(), []).append(role)
+        self._backends: list[tuple[str, Backend, PreflightMode | None]] = []
+        backend_of: dict[str, Backend] = {}
+        for names in sharing.values():
+            label = ", ".join(names)
+            with _named(label):
+                backend = _make_backend(roles[names[0]])
+            modes = {roles[name].preflight for name in names}  # the most thorough check any of them asks for
+            mode: PreflightMode | None = "full" if "full" in modes else "chat" if "chat" in modes else None
+            self._backends.append((label, backend, mode))
+            backend_of.update(dict.fromkeys(names, backend))
+        self.clients = {role: LLMClient(role, config, backend_of[role], journal) for role, config in roles.items()}
         self.journal = journal
+
+    async def preflight(self) -> None:
+        """Check, within seconds, that every role's endpoint serves its model (see `Backend.preflight`; a role's
+        `preflight` key chooses full / chat / off). Raises `EndpointError` with one line: role, URL, model and
+        the server's answer. Call it right after building the pool, before any work."""
+        for label, backend, mode in self._backends:
+            if mode is not None:
+                with _named(label):
+                    await backend.preflight(mode)
 
     def __getitem__(self, role: str) -> LLMClient:
         return self.clients[role]
@@ -145,7 +207,7 @@ class LLMPool:
         return sum(c.stats.prompt_tokens + c.stats.completion_tokens for c in self.clients.values())
 
     async def aclose(self) -> None:
-        for backend in self._backends:
+        for _, backend, _ in self._backends:
             await backend.aclose()
 
     async def __aenter__(self) -> "LLMPool":

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
-from autoevol_train.llm.types import Completion, FatalRequestError, Messages, Sampling, TransformersRole
+from autoevol_train.errors import EndpointError
+from autoevol_train.llm.types import (Completion, FatalRequestError, Messages, PreflightMode, Sampling,
+                                      TransformersRole, answer_one_token)
 
 
 class TransformersBackend:
@@ -18,12 +20,16 @@ class TransformersBackend:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self._torch = torch
-        self.tokenizer = AutoTokenizer.from_pretrained(config.model)
+        self._where = config.model
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(config.model)
+            dtype = "auto" if config.dtype == "auto" else getattr(torch, config.dtype)
+            self.model = AutoModelForCausalLM.from_pretrained(config.model, dtype=dtype).eval()
+        except OSError as exc:  # a directory without weights, a hub id that cannot be fetched
+            raise EndpointError(f"{config.model}: cannot load the model: {str(exc).splitlines()[0]}") from None
         if self.tokenizer.chat_template is None:
-            raise ValueError(f"{config.model}: the tokenizer has no chat template; the transformers backend "
-                             "needs one to format chats")
-        dtype = "auto" if config.dtype == "auto" else getattr(torch, config.dtype)
-        self.model = AutoModelForCausalLM.from_pretrained(config.model, dtype=dtype).eval()
+            raise EndpointError(f"{config.model}: the tokenizer has no chat template; the transformers backend "
+                                "needs one to format chats")
         self._max_positions = self.model.config.max_position_embeddings
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-generate")
 
@@ -37,7 +43,8 @@ class TransformersBackend:
                                                     return_dict=True)
         prompt_len = inputs["input_ids"].shape[1]
         if prompt_len >= self._max_positions:
-            raise FatalRequestError(f"prompt of {prompt_len} tokens exceeds the model's {self._max_positions}")
+            raise FatalRequestError(f"prompt of {prompt_len} tokens exceeds the model's {self._max_positions}",
+                                    self._where)
         max_new = min(sampling.max_tokens, self._max_positions - prompt_len)
         sample = sampling.temperature > 0
         torch.manual_seed(sampling.seed if sampling.seed is not None else 0)
@@ -60,6 +67,9 @@ class TransformersBackend:
             reason = "length" if not ended and len(tokens) >= max_new else "stop"
             completions.append(Completion.checked(text, reason, prompt_len if not completions else 0, len(tokens)))
         return completions
+
+    async def preflight(self, mode: PreflightMode) -> None:
+        await answer_one_token(self, self._where)
 
     async def aclose(self) -> None:
         self._worker.shutdown(wait=True)

@@ -10,7 +10,10 @@ Nothing here imports a backend, so the layer has no import cycle.
 from __future__ import annotations
 
 import json
+import os
+import re
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol, Union
 
 from pydantic import (BeforeValidator, Discriminator, Field, PositiveFloat, PositiveInt, Tag, ValidationError,
@@ -18,6 +21,7 @@ from pydantic import (BeforeValidator, Discriminator, Field, PositiveFloat, Posi
 from pydantic_core import InitErrorDetails
 
 from autoevol_train.config import StrictModel
+from autoevol_train.errors import EndpointError, InputError
 
 Messages = list[dict[str, str]]
 
@@ -75,24 +79,64 @@ class Completion:
         return cls("", "error", error=f"request_failed: {reason}")
 
 
-class RetryableError(Exception):
+class RequestError(Exception):
+    """A failed request. `where` names the endpoint (URL, or the model path of an in-process backend), so a
+    circuit breaker can say which one is down."""
+
+    def __init__(self, reason: str, where: str = ""):
+        super().__init__(reason)
+        self.where = where
+
+
+class RetryableError(RequestError):
     """A transient backend failure (429, 5xx, timeout, dropped connection, malformed body): worth retrying."""
 
 
-class FatalRequestError(Exception):
-    """A request the backend will never answer (400, 404, context too long): recorded, not retried."""
+class UnreachableError(RetryableError):
+    """The endpoint cannot be reached (connection refused, DNS failure): retried only a couple of times, quickly,
+    so a dead server does not hold concurrency slots through minutes of back-off."""
+
+
+class FatalRequestError(RequestError):
+    """A request the backend will never answer (400, context too long): recorded, not retried. Says nothing
+    about the endpoint's health, so the circuit breaker does not count it."""
+
+
+class EndpointRefusedError(FatalRequestError):
+    """The endpoint refuses every request of this role (401, 403, 404: auth, wrong model or path): not retried,
+    and counted by the circuit breaker."""
+
+
+PreflightMode = Literal["full", "chat"]
 
 
 class Backend(Protocol):
-    """What the client needs from a backend. Backends raise `RetryableError` / `FatalRequestError` for a
-    failed request; the client turns them into labelled completions."""
+    """What the client needs from a backend. Backends raise the `RequestError`s above for a failed request;
+    the client turns them into labelled completions."""
 
     async def generate(self, messages: Messages, sampling: Sampling, n: int) -> list[Completion]: ...
+
+    async def preflight(self, mode: PreflightMode) -> None:
+        """Check, within seconds, that the backend can serve: raise `EndpointError` with one line naming the
+        URL (or model path), the model and the server's answer. "full" also checks the served model names."""
+        ...
 
     async def aclose(self) -> None: ...
 
 
 # --- role configs --------------------------------------------------------------------------------------------
+
+class BreakerConfig(StrictModel):
+    """When a role's requests keep failing, the circuit breaker stops the stage (`CircuitOpen`, exit 3) instead
+    of spending every remaining item's retry budget. A request counts as failed when it ended without an answer
+    after its retries (or was refused: 401/403/404); a 400 (e.g. a prompt too long) says nothing about the
+    endpoint and is not counted."""
+
+    first: int = Field(20, ge=0, description="open when the role's first `first` requests all failed (0: off)")
+    window: int = Field(200, ge=0, description="sliding window of the last requests (0: off)")
+    max_failure_rate: float = Field(0.5, gt=0, le=1, description="open when the failed share of a full "
+                                    "window reaches this")
+
 
 class RoleBase(StrictModel):
     """What every role has, whatever its backend: the model, its sampling, and the client's limits."""
@@ -106,9 +150,18 @@ class RoleBase(StrictModel):
     max_concurrency: PositiveInt = Field(64, description="requests of this role in flight at once")
     max_retries: int = Field(6, ge=0, description="retries of a transient failure (429, 5xx, timeout, bad body)")
     retry_initial_s: PositiveFloat = Field(1.0, description="first backoff; doubles per retry, with jitter")
+    preflight: Literal["full", "chat", "off"] = Field(
+        "full", description="check at stage start: full = the server lists the model (GET /models; a 404 there "
+        "falls back to chat) and answers a 1-token chat; chat = only the chat; off = no check")
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig,
+                                   description="stop the stage when this role's requests keep failing")
 
     def sampling(self) -> Sampling:
         return Sampling(self.temperature, self.top_p, self.max_tokens, self.seed, tuple(self.stop))
+
+    def check_environment(self) -> None:
+        """Cheap checks before any backend is built (no network, nothing slow): a role that cannot work fails
+        here, before another role's model is loaded."""
 
     def backend_identity(self) -> str:
         """Roles with equal identities share one backend instance: everything but the role-side fields
@@ -126,6 +179,17 @@ class OpenAIRole(RoleBase):
     timeout_s: PositiveFloat = Field(300.0, description="per-request timeout")
     extra_body: dict[str, Any] = Field({}, description="extra request fields (e.g. top_k)")
 
+    def api_key(self) -> str:
+        if not self.api_key_env:
+            return "EMPTY"  # local vLLM servers accept any key
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise InputError(f"api_key_env: environment variable {self.api_key_env} is not set")
+        return key
+
+    def check_environment(self) -> None:
+        self.api_key()
+
 
 class VLLMRole(RoleBase):
     """vLLM's offline engine in this process (a GPU machine without a server)."""
@@ -134,12 +198,41 @@ class VLLMRole(RoleBase):
     dtype: str = Field("auto", description="weight dtype")
     engine_kwargs: dict[str, Any] = Field({}, description="extra vllm.LLM(...) arguments")
 
+    def check_environment(self) -> None:
+        require_local_model(self.model)
+
 
 class TransformersRole(RoleBase):
     """In-process generation with transformers, for small models and no server (the CPU quickstart)."""
 
-    backend: Literal["transformers"] = Field("transformers", description="transformers: in-process generation, no server")
+    backend: Literal["transformers"] = Field("transformers",
+                                             description="transformers: in-process generation, no server")
     dtype: str = Field("auto", description="weight dtype")
+
+    def check_environment(self) -> None:
+        require_local_model(self.model)
+
+
+def require_local_model(model: str) -> None:
+    """An in-process model must be a directory, or a hub id that can be had (in the local cache, or online)."""
+    if Path(model).expanduser().exists():
+        return
+    hub_id = re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", model) is not None
+    if hub_id:
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        if not constants.HF_HUB_OFFLINE or isinstance(try_to_load_from_cache(model, "config.json"), str):
+            return
+    where = ", nor a hub model in the local cache (HF_HUB_OFFLINE is set)" if hub_id else ""
+    raise EndpointError(f"{model}: no such model directory{where}")
+
+
+async def answer_one_token(backend: Backend, where: str) -> None:
+    """Preflight of an in-process backend (its model loaded when it was built): one 1-token chat."""
+    try:
+        await backend.generate([{"role": "user", "content": "Hi"}], Sampling(max_tokens=1), 1)
+    except RequestError as exc:
+        raise EndpointError(f"{where}: {exc}") from None
 
 
 def _backend_tag(value: Any) -> str | None:

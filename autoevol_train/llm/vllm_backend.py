@@ -12,7 +12,8 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from autoevol_train.llm.types import Completion, FatalRequestError, Messages, Sampling, VLLMRole
+from autoevol_train.llm.types import (Completion, FatalRequestError, Messages, PreflightMode, Sampling, VLLMRole,
+                                      answer_one_token)
 
 
 class VLLMBackend:
@@ -20,6 +21,7 @@ class VLLMBackend:
         from vllm import LLM  # heavy: only imported when a role asks for this backend
 
         self._llm = LLM(model=config.model, dtype=config.dtype, **config.engine_kwargs)
+        self._where = config.model
         self._max_batch = config.max_concurrency
         self._queue: asyncio.Queue | None = None
         self._drainer: asyncio.Task | None = None
@@ -56,7 +58,7 @@ class VLLMBackend:
         try:
             return self._run_batch([item])[0]
         except Exception as exc:
-            return FatalRequestError(f"vLLM engine: {type(exc).__name__}: {str(exc)[:200]}")
+            return FatalRequestError(f"vLLM engine: {type(exc).__name__}: {str(exc)[:200]}", self._where)
 
     def _run_batch(self, batch: list[tuple[Messages, Sampling, int, Any]]) -> list[list[Completion]]:
         from vllm import SamplingParams
@@ -75,6 +77,9 @@ class VLLMBackend:
                 for i, o in enumerate(sorted(output.outputs, key=lambda o: o.index))
             ])
         return results
+
+    async def preflight(self, mode: PreflightMode) -> None:
+        await answer_one_token(self, self._where)
 
     async def aclose(self) -> None:
         if self._drainer is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -60,6 +61,19 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 1024  # the listen backlog: the default 5 drops connections under load
 
+    def __init__(self, *args: Any):
+        super().__init__(*args)
+        self.connections: set[socket.socket] = set()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        connection, address = super().get_request()
+        self.connections.add(connection)
+        return connection, address
+
+    def shutdown_request(self, request: Any) -> None:
+        self.connections.discard(request)
+        super().shutdown_request(request)
+
 
 Rule = Callable[[dict[str, Any], int], "Reply | str"]
 
@@ -79,11 +93,17 @@ class _Counters:
 
 
 class ScriptedServer:
-    """Run with ``with ScriptedServer(rule) as server: server.base_url``."""
+    """Run with ``with ScriptedServer(rule) as server: server.base_url``.
+
+    `served_models`: what ``GET /v1/models`` lists; None (the default) answers it 404, like a server without
+    /models, so a preflight checks it by chat alone and tests may name any model. The preflight's 1-token
+    chat goes through the rule like any request (and is counted): a rule that raises answers HTTP 500.
+    """
 
     def __init__(self, rule: Rule = echo_rule, faults: Faults | None = None, latency: LatencyModel | None = None,
-                 keep_bodies: bool = True):
+                 keep_bodies: bool = True, served_models: list[str] | None = None):
         self.rule = rule
+        self.served_models = served_models
         self.faults = faults or Faults()
         self.latency = latency or LatencyModel()
         self.counters = _Counters()
@@ -115,8 +135,12 @@ class ScriptedServer:
                 pass
 
             def do_GET(self) -> None:
-                if self.path.rstrip("/") in ("/health", "/v1/models"):
-                    self._send(200, json.dumps({"object": "list", "data": [{"id": "scripted"}]}).encode())
+                path = self.path.rstrip("/")
+                if path == "/health":
+                    self._send(200, b"{}")
+                elif path == "/v1/models" and server.served_models is not None:
+                    models = [{"id": name, "object": "model"} for name in server.served_models]
+                    self._send(200, json.dumps({"object": "list", "data": models}).encode())
                 else:
                     self._send(404, b'{"error": {"message": "not found"}}')
 
@@ -144,10 +168,16 @@ class ScriptedServer:
         return self
 
     def stop(self) -> None:
+        """Stop like a server process that dies: the port refuses, open keep-alive connections are cut."""
         self._stopping.set()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
+            for connection in list(self._httpd.connections):
+                try:
+                    connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def __enter__(self) -> "ScriptedServer":
         return self.start()
@@ -181,7 +211,10 @@ class ScriptedServer:
         if delay:
             self._serve_for(delay)
         n = int(body.get("n") or 1)
-        replies = [self.rule(body, i) for i in range(n)]
+        try:
+            replies = [self.rule(body, i) for i in range(n)]
+        except Exception as exc:  # a rule that cannot answer this request: a server error, not a dropped socket
+            return 500, json.dumps({"error": {"message": f"rule raised {type(exc).__name__}: {exc}"}}).encode()
         replies = [Reply(content=r) if isinstance(r, str) else r for r in replies]
         first = replies[0]
         if first.hang:
