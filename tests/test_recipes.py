@@ -121,7 +121,7 @@ def test_reproduce_commands_load():
     doc = (REPO / "docs" / "reproduce.md").read_text()
     table = doc.split("## Every figure and table the code supports", 1)[1].split("\n## ", 1)[0]
     commands = [c for c in re.findall(r"`(autoevol run [^`]+)`", table) if "<" not in c]
-    assert len(commands) == 6  # Figs 3, 4, 5a, 5b, 6, Tables 3/8 (Table 2: the pipelines, tested above)
+    assert len(commands) == 7  # Figs 3, 4, 5a, 5b, 6, Tables 3/8, chat on Alpaca (Table 2: tested above)
     filled = {"EVOL35": "optimize.llm.evol.model=gpt-3.5-turbo evolve.llm.evol.model=gpt-3.5-turbo",
               "=M ": "=3 ", "=S ": "=12 ", "=O ": "=gpt-4 ", "=E ": "=gpt-3.5-turbo "}
     for command in commands:
@@ -133,3 +133,4 @@ def test_reproduce_commands_load():
             del words[at:at + 2]
         config = load_config(PipelineConfig, REPO / words[0], words[1:])
         assert config.arms and all(arm_evolve_config(config, arm, Path("b.txt")) for arm in config.arms)
+    assert config.optimize.seeds.path == "tatsu-lab/alpaca"  # the last one: the chat pipeline on Alpaca
