@@ -59,11 +59,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-VLLM_ENV = {"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
+VLLM_ENV = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
             "OMP_NUM_THREADS": "1"}
 
 
-def start_vllm_server(model: Path, log_path: Path, served_name: str = "tiny", max_model_len: int = 1024):
+def start_vllm_server(model: Path, log_path: Path, served_name: str = "tiny", max_model_len: int = 1024,
+                      kv_cache_gb: int = 1):
     """Start `python -m vllm.entrypoints.openai.api_server` (the real server) and wait for /health."""
     port = free_port()
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
@@ -72,8 +73,8 @@ def start_vllm_server(model: Path, log_path: Path, served_name: str = "tiny", ma
            "--no-enable-chunked-prefill",  # chunked prefill + seeded requests kill vllm-cpu 0.32's engine
            "--generation-config", "vllm"]
     log = open(log_path, "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **VLLM_ENV},
-                            start_new_session=True)
+    env = {**os.environ, **VLLM_ENV, "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gb)}
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if proc.poll() is not None:
