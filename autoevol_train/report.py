@@ -1,13 +1,14 @@
 """One HTML page for a pipeline run: optimisation, data, training, evaluation per arm, cost.
 
 Built only from the files the stages leave in the run directory (so it can be rebuilt at any time, and a
-stage that did not run simply has no section). Images sit next to the page and are linked relatively; the
-page marks itself `data-images-ok="true"` once every image has loaded, which the test checks in a real
-headless browser.
+stage that did not run simply has no section). The page is one self-contained file: images are embedded as
+data URIs and every table is an HTML table, so it reads the same when copied anywhere. It marks itself
+`data-images-ok="true"` once every image has loaded, which the test checks in a real headless browser.
 """
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import math
@@ -75,10 +76,12 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _image(output_dir: Path, path: Path, alt: str) -> str:
+def _image(path: Path, alt: str) -> str:
+    """The PNG embedded as a data URI: the page shows it wherever the page is copied or mailed."""
     if not path.is_file():
         return ""
-    return f'<p><img src="{html.escape(str(path.relative_to(output_dir)))}" alt="{html.escape(alt)}"></p>'
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<p><img src="data:image/png;base64,{data}" alt="{html.escape(alt)}"></p>'
 
 
 def _loss_history(train_dir: Path) -> list[tuple[int, float]]:
@@ -118,7 +121,7 @@ def _headline_metrics(results: dict[str, Any]) -> dict[str, str]:
             if metric in _COUNTS or "model_first" in metric or "model_second" in metric:
                 continue
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                stderr = block["stderr"].get(metric)
+                stderr = block.get("stderr", {}).get(metric)  # results of an older version carry none
                 flat[f"{benchmark_label(benchmark, block)} {metric}"] = format_value(float(value)) + (
                     f" ± {format_value(stderr)}" if stderr is not None else "")
     return flat
@@ -135,6 +138,23 @@ def _differences_table(arm_results: dict[str, dict[str, Any]]) -> str:
             f"answered; {LEVEL:.0%} percentile bootstrap interval ({RESAMPLES:,} resamples of the items, seed 0). "
             "An interval that contains 0 means this test set cannot tell the arms apart.</p>"
             + _table(["benchmark", "metric", "arms", "items", "difference", "interval", "excludes 0"], rows))
+
+
+def _eval_tables(arm: str, results: dict[str, Any]) -> str:
+    """One arm's results.json as HTML tables: every metric with its standard error, then each protocol."""
+    def blank(value: Any) -> Any:
+        return "" if value is None else value
+
+    rows = [[benchmark_label(benchmark, block), metric, "n/a" if value is None else value,
+             blank(block.get("stderr", {}).get(metric))]  # results of an older version carry no stderr
+            for benchmark, block in results["benchmarks"].items() for metric, value in block["metrics"].items()]
+    protocols = [[benchmark, key, str(value)] for benchmark, block in results["benchmarks"].items()
+                 for key, value in block["protocol"].items()]
+    return (f"<h3>{html.escape(arm)}</h3><p>model <code>{html.escape(str(results['model']))}</code>; chat template: "
+            f"{html.escape(str(results['template']))}; judge: {html.escape(str(results['judge'] or 'none'))}</p>"
+            + _table(["benchmark", "metric", "value", "standard error"], rows)
+            + "<details><summary>Protocol</summary>" + _table(["benchmark", "setting", "value"], protocols)
+            + "</details>")
 
 
 def _usage_rows(output_dir: Path, stage_dirs: list[tuple[str, Path]]) -> list[list[Any]]:
@@ -205,7 +225,7 @@ def build_report(output_dir: Path, config: PipelineConfig) -> Path:
     history = _read_jsonl(optimize_dir / "history.jsonl")
     if history:
         blocks.append("<h2>Method optimisation</h2>")
-        blocks.append(_image(output_dir, optimize_dir / "lambda.png", "failure rate per step"))
+        blocks.append(_image(optimize_dir / "lambda.png", "failure rate per step"))
         winners = [[h["step"], h["name"], h["method_id"] or "-", h["lambda"] if h["lambda"] is not None else "-"]
                    for h in history if h.get("selected")]
         blocks.append(_table(["step", "winner", "method id", "λ (dev failure rate)"], winners)
@@ -214,8 +234,8 @@ def build_report(output_dir: Path, config: PipelineConfig) -> Path:
         if best.is_file():
             blocks.append(f"<h3>Best method</h3><pre>{html.escape(best.read_text())}</pre>")
         if (optimize_dir / "report.html").is_file():
-            blocks.append('<p><a href="optimize/report.html">Full optimisation report</a> (per-step diffs, '
-                          "failed and successful evolutions)</p>")
+            blocks.append("<p class='note'>In the run directory: <code>optimize/report.html</code>, the full "
+                          "optimisation report (per-step diffs, failed and successful evolutions).</p>")
 
     # Data.
     data_blocks = []
@@ -227,8 +247,9 @@ def build_report(output_dir: Path, config: PipelineConfig) -> Path:
         reasons = ", ".join(f"{k}: {v}" for k, v in stats.get("rejected_by_reason", {}).items()) or "none"
         data_blocks.append(f"<h3>{html.escape(arm.name)}</h3><p>{stats.get('seeds', '?')} seeds → "
                            f"{sum(stats.get('rows', {}).values())} rows; rejected by reason: "
-                           f"{html.escape(reasons)}. <a href='{arm.name}/evolve/dataset/README.md'>Data card</a></p>")
-        data_blocks.append(_image(output_dir, dataset / "stats.png", f"{arm.name} statistics"))
+                           f"{html.escape(reasons)}. Data card: <code>{html.escape(arm.name)}/evolve/dataset/"
+                           "README.md</code> in the run directory.</p>")
+        data_blocks.append(_image(dataset / "stats.png", f"{arm.name} statistics"))
     if data_blocks:
         blocks += ["<h2>Data</h2>", _filters_table(output_dir)] + data_blocks
 
@@ -237,14 +258,10 @@ def build_report(output_dir: Path, config: PipelineConfig) -> Path:
     curves = {arm: points for arm, points in curves.items() if points}
     if curves:
         _plot_losses(curves, output_dir / "loss.png")
-        blocks += ["<h2>Training</h2>", _image(output_dir, output_dir / "loss.png", "training loss")]
+        blocks += ["<h2>Training</h2>", _image(output_dir / "loss.png", "training loss")]
 
     # Evaluation details.
-    eval_blocks = []
-    for arm in config.arms:
-        table = output_dir / arm.name / "eval" / "results.md"
-        if table.is_file():
-            eval_blocks.append(f"<h3>{html.escape(arm.name)}</h3><pre>{html.escape(table.read_text())}</pre>")
+    eval_blocks = [_eval_tables(arm, results) for arm, results in arm_results.items()]
     if eval_blocks:
         blocks += ["<h2>Evaluation protocol and results</h2>"] + eval_blocks
 

@@ -102,13 +102,15 @@ def test_report_renders_with_its_images_in_headless_chromium(quickstart, tmp_pat
     command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", "--no-first-run",
                f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
-    dom = subprocess.run(command + ["--dump-dom", (run / "report.html").as_uri()], capture_output=True,
-                         text=True, timeout=120).stdout
+    copy = tmp_path / "elsewhere" / "report.html"  # self-contained: it shows its images away from the run
+    copy.parent.mkdir()
+    shutil.copy(run / "report.html", copy)
+    dom = subprocess.run(command + ["--dump-dom", copy.as_uri()], capture_output=True, text=True, timeout=120).stdout
     assert 'data-images-ok="true"' in dom
     images = int(dom.split('data-images="')[1].split('"')[0])
     assert images >= 4  # optimisation curve, per-arm data statistics, training loss
-    subprocess.run(command + [f"--screenshot={tmp_path / 'report.png'}", "--window-size=1200,2000",
-                              (run / "report.html").as_uri()], capture_output=True, timeout=120)
+    subprocess.run(command + [f"--screenshot={tmp_path / 'report.png'}", "--window-size=1200,2000", copy.as_uri()],
+                   capture_output=True, timeout=120)
     assert (tmp_path / "report.png").stat().st_size > 20_000
 
 

@@ -1,9 +1,12 @@
-"""The pipeline report built from an eval-only run directory: standard errors, paired intervals between arms."""
+"""The pipeline report built from stage outputs written here: standard errors, paired intervals between arms,
+one self-contained file that a real headless Chromium renders with its images from any directory."""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -44,3 +47,59 @@ def test_report_shows_standard_errors_and_paired_intervals(tmp_path):
     assert diff == round(100 * ((base < 0.65).mean() - (base < 0.5).mean()), 2) and low < diff < high
     assert low > 0 and excludes == "yes"
     assert re.search(r"<td>\d+\.\d\d ± \d\.\d\d</td>", page)  # the arms table: score ± standard error
+
+
+def png(path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(4, 2))
+    ax.plot([0, 1, 2], [3, 1, 2])
+    ax.set_title(title)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert binary, "headless Chromium is needed (apt-get install chromium; .ci/run installs it)"
+    return subprocess.run([binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                           "--disable-component-update", "--disable-sync", "--no-first-run",
+                           f"--user-data-dir={profile}", "--virtual-time-budget=5000", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_report_is_one_self_contained_file_that_shows_its_images_anywhere(tmp_path):
+    """Every image is embedded: the page copied alone into another directory still shows all of them in a real
+    headless Chromium; the evaluation is HTML tables, not Markdown."""
+    config = load_config(PipelineConfig, REPO / "recipes" / "quickstart" / "pipeline.yaml")
+    run = tmp_path / "run"
+    (run / "optimize").mkdir(parents=True)
+    (run / "optimize" / "history.jsonl").write_text(json.dumps(
+        {"step": 1, "name": "candidate-1", "method_id": "m1", "lambda": 0.25, "selected": True}) + "\n")
+    png(run / "optimize" / "lambda.png", "lambda")
+    for arm in ("seed", "evol-instruct", "auto-evol"):
+        dataset = run / arm / "evolve" / "dataset"
+        png(dataset / "stats.png", arm)
+        (dataset / "stats.json").write_text(json.dumps({"seeds": 36, "rows": {"train": 30}, "rejected": 6,
+                                                        "rejected_by_reason": {"evol_parse_failure": 6}}))
+        (run / arm / "train" / "model").mkdir(parents=True)
+        (run / arm / "train" / "model" / "trainer_state.json").write_text(json.dumps(
+            {"log_history": [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.5}]}))
+        write_eval(run, arm, np.arange(400) % 3 == 0)
+    page = build_report(run, config).read_text()
+    assert "<pre>" not in page and "<td>gsm8k</td><td>strict</td>" in page  # HTML tables, no Markdown
+    sources = re.findall(r'<img src="([^"]*)"', page)
+    assert len(sources) == 5 and all(s.startswith("data:image/png;base64,") for s in sources)
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(run / "report.html", elsewhere / "copy.html")
+    dom = chromium("--dump-dom", (elsewhere / "copy.html").as_uri(), profile=tmp_path / "profile").stdout
+    assert 'data-images-ok="true"' in dom and 'data-images="5"' in dom
+    chromium(f"--screenshot={tmp_path / 'report.png'}", "--window-size=1200,2000", (elsewhere / "copy.html").as_uri(),
+             profile=tmp_path / "profile")
+    assert (tmp_path / "report.png").stat().st_size > 20_000
