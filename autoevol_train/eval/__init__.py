@@ -1,2 +1,3 @@
-"""Evaluation of the paper's three domains: GSM8K (math), HumanEval (code, sandboxed), MT-Bench and
-AlpacaEval-style pairwise judging (chat). `run.py` is the `autoevol eval` stage; `compare.py` tables arms."""
+"""Evaluation of the paper's three domains: GSM8K (math), HumanEval (code, sandboxed), MT-Bench and AlpacaEval
+(chat), one module per benchmark listed in `benchmarks.py`. `run.py` is the `autoevol eval` stage, `compare.py`
+tables arms, `uncertainty.py` gives standard errors and paired intervals."""
