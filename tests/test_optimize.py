@@ -140,6 +140,7 @@ def test_loop_selects_the_fixing_candidates_and_stops(scripted_server, shared_da
     text = best.read_text()
     assert best == run / "best_method.txt" and KEEP in text and LABEL in text and "#Instruction#" not in text[-40:]
     assert (run / "methods" / "step02_cand4.txt").read_text() == text
+    assert (run / "final_method.txt").read_text() == (run / "methods" / "step05_cand0.txt").read_text() != text
     assert not (run / "methods" / "step01_cand1.txt").exists()
     assert "The method looks fine to me" in (run / "optimizer" / "step01_cand1.md").read_text()
 
@@ -206,6 +207,7 @@ def test_a_tie_then_an_improvement_runs_on_and_outputs_the_improvement(scripted_
     assert manifest["stop_reason"] == "max_steps" and manifest["steps_run"] == 2
     assert manifest["best_method_name"] == "step2/cand1" and manifest["best_lambda"] == lam[2, 1]
     assert best.read_text() == (tmp_path / "run" / "methods" / "step02_cand1.txt").read_text()
+    assert (tmp_path / "run" / "final_method.txt").read_text() == best.read_text()  # e_2 is the best
     assert KEEP in best.read_text() and ERRORS not in best.read_text()
 
 

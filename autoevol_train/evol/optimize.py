@@ -432,6 +432,7 @@ async def _optimize(config: OptimizeConfig, stage: StageRun, seeds: Seeds, start
             write_atomic(history_path, _jsonl(history))  # the step's commit point
             state = _state(history, start, config, run_path)
             write_atomic(run_path / "best_method.txt", state.best.text + "\n")
+            write_atomic(run_path / "final_method.txt", state.current.text + "\n")  # e_t (Fig. 5b uses e_T)
             write_report(run_path)
         usage = pool.usage()
     stage.run_dir.finish(llm_usage=usage, stop_reason=state.stop_reason, steps_run=state.steps_done,
