@@ -31,6 +31,7 @@ from autoevol_train.evol.evolve import EvolveConfig, run_evolve
 from autoevol_train.evol.optimize import OptimizeConfig, run_optimize
 from autoevol_train.rundir import write_atomic
 from autoevol_train.stage import StageRun
+from autoevol_train.tracking import ReportTo, TrackerRun, trl_tracking
 
 ArmMethod = Literal["none", "evol-instruct", "initial", "weak", "optimized"]
 
@@ -99,6 +100,8 @@ class PipelineConfig(StrictModel):
     evolve: EvolveConfig = Field(description="shared by every arm; the arm sets method / method_file")
     train: TrainStageConfig | None = None
     eval: EvalConfig | None = Field(None, description="the pipeline sets model.model to each arm's trained model")
+    report_to: ReportTo = Field("none", description="experiment tracker of every stage and arm (one project named "
+                                "after the output directory; training: TRL's report_to): none, trackio or wandb")
 
     @model_validator(mode="before")
     @classmethod
@@ -259,20 +262,22 @@ def _write_filters(output_dir: Path, config: PipelineConfig, best_method: Path |
     write_atomic(output_dir / "filters.json", json.dumps(summary, indent=2) + "\n")
 
 
-def _write_train_recipe(config: TrainStageConfig, dataset_dir: Path, stage_dir: Path) -> Path:
-    """The arm's SFT recipe: the pipeline's recipe with this arm's dataset and output directory."""
+def _write_train_recipe(config: TrainStageConfig, dataset_dir: Path, stage_dir: Path, tracking: dict[str, Any]
+                        ) -> Path:
+    """The arm's SFT recipe: the pipeline's recipe with this arm's dataset, output directory and tracker keys."""
     recipe = yaml.safe_load(_file_text(config.recipe)) or {}
     recipe.update(config.overrides)
+    recipe.update(tracking)
     recipe.update({"dataset_name": str(dataset_dir), "output_dir": str(stage_dir / "model")})
     path = stage_dir / "recipe.yaml"
     write_atomic(path, yaml.safe_dump(recipe, sort_keys=False))
     return path
 
 
-def _train(config: TrainStageConfig, recipe: Path) -> None:
+def _train(config: TrainStageConfig, recipe: Path, env: dict[str, str]) -> None:
     from autoevol_train.train.launch import launch_training, run_single_process
 
-    code = launch_training(recipe, []) if config.accelerate else run_single_process(recipe, [])
+    code = launch_training(recipe, [], env) if config.accelerate else run_single_process(recipe, [], env)
     if code != 0:
         raise RuntimeError(f"training failed with exit code {code} (recipe {recipe}); re-run to resume from "
                            "the last checkpoint")
@@ -289,6 +294,9 @@ def _run_pipeline_in(pipeline_run: StageRun, config: PipelineConfig) -> Path:
 
     output_dir, run_dir = pipeline_run.path, pipeline_run.run_dir
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+
+    def tracker_run(group: str, name: str) -> TrackerRun:  # one project: the pipeline; a run per arm and stage
+        return TrackerRun(config.report_to, project=output_dir.resolve().name, group=group, name=name, directory=output_dir)
     ran: dict[str, bool] = {}
 
     if config.tiny_model is not None:
@@ -300,7 +308,8 @@ def _run_pipeline_in(pipeline_run: StageRun, config: PipelineConfig) -> Path:
     if config.optimize is not None and any(arm.method == "optimized" for arm in config.arms):
         optimize_fp = _fingerprint("optimize", config.optimize.model_dump(mode="json"))
         stage = Stage(output_dir / "optimize", "optimize", optimize_fp)
-        ran["optimize"] = stage.run(lambda: run_optimize(config.optimize, stage.path), log)
+        ran["optimize"] = stage.run(
+            lambda: run_optimize(config.optimize, stage.path, tracker_run("optimize", "optimize")), log)
         best_method = stage.path / "best_method.txt"
 
     for arm in config.arms:
@@ -308,7 +317,8 @@ def _run_pipeline_in(pipeline_run: StageRun, config: PipelineConfig) -> Path:
         evolve_fp = _fingerprint("evolve", evolve_config.model_dump(mode="json"),
                                  optimize_fp if arm.method == "optimized" else None)
         evolve = Stage(output_dir / arm.name / "evolve", f"{arm.name}/evolve", evolve_fp)
-        ran[evolve.name] = evolve.run(lambda: run_evolve(evolve_config, evolve.path), log)
+        ran[evolve.name] = evolve.run(
+            lambda: run_evolve(evolve_config, evolve.path, tracker_run(arm.name, evolve.name)), log)
         if config.train is None:
             continue
         if _dataset_rows(evolve.path / "dataset") == 0:
@@ -324,7 +334,9 @@ def _run_pipeline_in(pipeline_run: StageRun, config: PipelineConfig) -> Path:
         train = Stage(output_dir / arm.name / "train", f"{arm.name}/train", train_fp)
 
         def train_work() -> None:
-            _train(config.train, _write_train_recipe(config.train, evolve.path / "dataset", train.path))
+            recipe_keys, env = trl_tracking(tracker_run(arm.name, train.name))
+            _train(config.train, _write_train_recipe(config.train, evolve.path / "dataset", train.path, recipe_keys),
+                   env)
 
         ran[train.name] = train.run(train_work, log)
         if config.eval is None:
@@ -334,7 +346,8 @@ def _run_pipeline_in(pipeline_run: StageRun, config: PipelineConfig) -> Path:
             update={"model": str(model_dir)})})
         eval_fp = _fingerprint("eval", eval_config.model_dump(mode="json"), train_fp)
         evaluation = Stage(output_dir / arm.name / "eval", f"{arm.name}/eval", eval_fp)
-        ran[evaluation.name] = evaluation.run(lambda: run_eval(eval_config, evaluation.path), log)
+        ran[evaluation.name] = evaluation.run(
+            lambda: run_eval(eval_config, evaluation.path, tracker_run(arm.name, evaluation.name)), log)
 
     _write_filters(output_dir, config, best_method)
     report = build_report(output_dir, config)

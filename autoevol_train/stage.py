@@ -34,6 +34,7 @@ from autoevol_train.llm.client import LLMPool
 from autoevol_train.llm.journal import Journal
 from autoevol_train.llm.types import RoleConfig
 from autoevol_train.rundir import RunDir, write_atomic
+from autoevol_train.tracking import Tracker, TrackerRun
 
 # What `RunDir` itself writes on entry: changes to these alone are no work of the attempt.
 _BOOKKEEPING = ("config.yaml", "manifest.json")
@@ -50,7 +51,7 @@ def _files(path: Path) -> dict[str, tuple[int, int]]:
 class StageRun:
     """One attempt of one stage in its run directory; a context manager (see the module docstring)."""
 
-    def __init__(self, output_dir: str | Path, command: str, config: BaseModel):
+    def __init__(self, output_dir: str | Path, command: str, config: BaseModel, tracker_run: TrackerRun = TrackerRun()):
         self.path = Path(output_dir)
         self.command = command
         self.config = config
@@ -61,6 +62,8 @@ class StageRun:
         self._pools: list[LLMPool] = []
         self._pool_opened = False
         self.run_dir: RunDir
+        # The stage's metrics go here (`stage.tracker.log`); nothing is opened unless something is logged.
+        self.tracker = Tracker(tracker_run, command, self.path, config.model_dump(mode="json"))
 
     def __enter__(self) -> StageRun:
         self.run_dir = RunDir(self.path, self.command, self.config)
@@ -68,6 +71,7 @@ class StageRun:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
                  ) -> None:
+        self.tracker.close()
         if exc is None:
             if self.run_dir.manifest["status"] == "running":
                 self.run_dir.finish()

@@ -26,9 +26,11 @@ from autoevol_train.config import StrictModel
 from autoevol_train.eval.benchmarks import BENCHMARKS, BY_NAME
 from autoevol_train.eval.records import BenchmarkResult, EvalContext, benchmark_label
 from autoevol_train.eval.uncertainty import standard_error
+from autoevol_train.hub import HubTarget, check_can_push, folder_name, push_folder
 from autoevol_train.llm.types import RoleConfig
 from autoevol_train.rundir import write_atomic
 from autoevol_train.stage import StageRun
+from autoevol_train.tracking import REPORT_TO_HELP, ReportTo, TrackerRun, eval_metrics
 
 __all__ = ["EvalConfig", "run_eval", "results_table", "format_value"]
 
@@ -45,6 +47,9 @@ class EvalConfig(_BenchmarkSections):
     model: RoleConfig = Field(description="the model under test; sampling is set per benchmark by its protocol")
     judge: RoleConfig | None = Field(None, description="MT-Bench and AlpacaEval judge (run at temperature 0)")
     max_in_flight: int = Field(256, ge=1, description="benchmark items being answered at once")
+    report_to: ReportTo = Field("none", description=REPORT_TO_HELP)
+    hub: HubTarget | None = Field(None, description="push results.json and results.md to this Hub dataset "
+                                  "repository (in a folder named after the model's label) with HF_TOKEN")
 
     def sections(self) -> list[Any]:
         """The configured benchmarks' sections, in the order of `BENCHMARKS`."""
@@ -108,9 +113,10 @@ def results_table(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_eval(config: EvalConfig, output_dir: Path) -> Path:
+def run_eval(config: EvalConfig, output_dir: Path, tracker_run: TrackerRun | None = None) -> Path:
     """Evaluate `config.model` on every configured benchmark; returns the path of results.json."""
-    with StageRun(output_dir, "eval", config) as stage:
+    check_can_push(config.hub)
+    with StageRun(output_dir, "eval", config, tracker_run or TrackerRun(config.report_to)) as stage:
         return _evaluate_in(stage, config)
 
 
@@ -128,6 +134,7 @@ def _evaluate_in(stage: StageRun, config: EvalConfig) -> Path:
         results["benchmarks"][benchmark] = {
             "metrics": result.metrics, "stderr": stderr, "protocol": result.protocol, "caveat": result.caveat,
             "items": {"ids": result.item_ids, "scores": result.item_scores}}
+        stage.tracker.log(eval_metrics(benchmark, result.metrics, stderr))
         write_atomic(run_dir.path / "results.json", json.dumps(results, indent=2, allow_nan=True) + "\n")
         write_atomic(run_dir.path / "results.md", results_table(results))
 
@@ -140,5 +147,9 @@ def _evaluate_in(stage: StageRun, config: EvalConfig) -> Path:
             return pool.usage()
 
     usage = asyncio.run(evaluate())
-    run_dir.finish(llm_usage=usage)
+    pushed = None
+    if config.hub:
+        pushed = push_folder(run_dir.path, config.hub, "dataset", f"Evaluation of {name}",
+                             allow_patterns=["results.json", "results.md"], path_in_repo=folder_name(name))
+    run_dir.finish(llm_usage=usage, hub_commit=pushed)
     return run_dir.path / "results.json"

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -43,12 +44,14 @@ from autoevol_train.evol.failures import REQUEST_ERRORS, FailureRules, format_co
 from autoevol_train.evol.methods import (EvolvingMethod, evol_instruct_methods, load_method,
                                          starting_method)
 from autoevol_train.evol.records import EvolvedRow, ItemRecord, Reject
+from autoevol_train.hub import HubTarget, check_can_push, push_folder
 from autoevol_train.llm.client import LLMClient
 from autoevol_train.llm.scheduler import stream_map
 from autoevol_train.llm.types import Completion, RoleConfig
 from autoevol_train.progress import Progress
 from autoevol_train.rundir import write_atomic
 from autoevol_train.stage import StageRun
+from autoevol_train.tracking import REPORT_TO_HELP, ReportTo, TrackerRun, dataset_metrics, evolve_metrics
 
 __all__ = ["EvolveConfig", "EvolveLLM", "ItemEvolver", "run_evolve", "evolve_shard", "build_methods"]
 
@@ -102,6 +105,9 @@ class EvolveConfig(StrictModel):
     num_shards: int = Field(1, ge=1, description="slices the seeds are split into (one node each)")
     merge_from: list[str] = Field(
         [], description="shard run directories to assemble into one dataset (no LLM calls are made)")
+    report_to: ReportTo = Field("none", description=REPORT_TO_HELP)
+    hub: HubTarget | None = Field(None, description="push the dataset (parquet, card, statistics, plots) to this "
+                                  "Hub dataset repository with HF_TOKEN; nothing is pushed without it")
 
     @model_validator(mode="after")
     def _check(self) -> "EvolveConfig":
@@ -301,6 +307,7 @@ async def evolve_shard(config: EvolveConfig, stage: StageRun) -> tuple[dict[str,
         evolver = ItemEvolver(config, pool["evol"], pool["responder"])
         todo = _my_seeds(config, LoadReport() if total is not None else report, done)
         remaining = None if total is None else total - len(done)
+        started, log_every = time.monotonic(), max(1, (remaining or 0) // 100)  # ~100 tracker points a run
         with PartWriter(parts, stage.run_dir.manifest["attempts"], config.records_per_part) as writer, \
                 Progress(remaining, "evolve", pool) as bar:
             async for _, record in stream_map(todo, evolver.item, config.max_in_flight):
@@ -309,6 +316,10 @@ async def evolve_shard(config: EvolveConfig, stage: StageRun) -> tuple[dict[str,
                 counts["rows"] += len(record["rows"])
                 counts["rejected"] += len(record["rejects"])
                 bar.update(1, rows=counts["rows"], rejected=counts["rejected"])
+                if counts["items"] % log_every == 0 or counts["items"] == remaining:
+                    stage.tracker.log(evolve_metrics(counts["items"], counts["rows"], counts["rejected"],
+                                                     pool.total_tokens(), time.monotonic() - started),
+                                      step=counts["items"])
         usage = pool.usage()
     return {"resumed_items": len(done), **counts, "llm_usage": usage}, report
 
@@ -346,14 +357,15 @@ def _check_result(config: EvolveConfig, summary: dict[str, Any], rejects: Path) 
                           f"{breakdown}; {rejects})")
 
 
-def run_evolve(config: EvolveConfig, output_dir: Path) -> Path:
+def run_evolve(config: EvolveConfig, output_dir: Path, tracker_run: TrackerRun | None = None) -> Path:
     """Evolve (or, with merge_from, merge) and assemble; returns the dataset directory (or, for one shard of
     several, the shard's run directory, to be merged)."""
     output_dir = Path(output_dir)
     build_methods(config)  # a missing method file fails before anything is written
+    check_can_push(config.hub)
     assembling = config.num_shards == 1 or bool(config.merge_from)
     decontaminator = Decontaminator(config.decontam) if assembling else None  # unreadable benchmarks fail now
-    with StageRun(output_dir, "evolve", config) as stage:
+    with StageRun(output_dir, "evolve", config, tracker_run or TrackerRun(config.report_to)) as stage:
         return _evolve_in(stage, config, decontaminator)
 
 
@@ -386,7 +398,9 @@ def _evolve_in(stage: StageRun, config: EvolveConfig, decontaminator: Decontamin
     )
     dataset_dir = run_dir.path / "dataset"
     summary = assemble_dataset(part_dirs, dataset_dir, spec, decontaminator)
+    stage.tracker.log(dataset_metrics(summary))
     _check_result(config, summary, dataset_dir / "rejects.jsonl")
+    pushed = push_folder(dataset_dir, config.hub, "dataset", spec.title) if config.hub else None
     run_dir.finish(llm_usage=usage or None, dataset=str(dataset_dir), rows=summary["rows"],
-                   rejected=summary["rejected"])
+                   rejected=summary["rejected"], hub_commit=pushed)
     return dataset_dir

@@ -48,6 +48,7 @@ from autoevol_train.llm.types import Completion, RoleConfig, role_with_defaults
 from autoevol_train.progress import Progress
 from autoevol_train.rundir import write_atomic
 from autoevol_train.stage import StageRun
+from autoevol_train.tracking import REPORT_TO_HELP, ReportTo, TrackerRun, optimize_step_metrics
 
 __all__ = ["OptimizeConfig", "run_optimize", "load_seed_instructions", "extract_optimized_method"]
 
@@ -89,6 +90,7 @@ class OptimizeConfig(StrictModel):
     seed: int = Field(0, ge=0, description="seeds the pool, dev and mini-batch sampling")
     max_in_flight: PositiveInt = Field(512, description="dev items evaluated at once (calls are further "
                                        "bounded by each role's max_concurrency)")
+    report_to: ReportTo = Field("none", description=REPORT_TO_HELP)
 
 
 # --- seeds -------------------------------------------------------------------------------------------------
@@ -431,6 +433,8 @@ async def _optimize(config: OptimizeConfig, stage: StageRun, seeds: Seeds, start
             history += rows
             write_atomic(history_path, _jsonl(history))  # the step's commit point
             state = _state(history, start, config, run_path)
+            stage.tracker.log(optimize_step_metrics(rows, state.best_row["lambda"] if state.best_row else None),
+                              step=step)
             write_atomic(run_path / "best_method.txt", state.best.text + "\n")
             write_atomic(run_path / "final_method.txt", state.current.text + "\n")  # e_t (Fig. 5b uses e_T)
             write_report(run_path)
@@ -443,12 +447,12 @@ async def _optimize(config: OptimizeConfig, stage: StageRun, seeds: Seeds, start
     return state
 
 
-def run_optimize(config: OptimizeConfig, output_dir: Path) -> Path:
+def run_optimize(config: OptimizeConfig, output_dir: Path, tracker_run: TrackerRun | None = None) -> Path:
     """Run (or resume) the loop in `output_dir`; returns the path of best_method.txt.
 
     Seeds and the starting method are checked before anything is written: bad input raises InputError."""
     seeds = _split_seeds(config)
     start = starting_method(config.initial_method)
-    with StageRun(output_dir, "optimize", config) as stage:
+    with StageRun(output_dir, "optimize", config, tracker_run or TrackerRun(config.report_to)) as stage:
         asyncio.run(_optimize(config, stage, seeds, start))
     return stage.path / "best_method.txt"

@@ -32,22 +32,22 @@ def training_command(config_path: Path, script_args: list[str]) -> list[str]:
             "-m", "autoevol_train.train.sft", "--config", str(config_path), *script_args]
 
 
-def _environment() -> dict[str, str]:
+def _environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     # DeepSpeed compiles its ops on first use: one cache per user, not one per run.
     cache = Path.home() / ".cache" / "autoevol-train" / "torch_extensions"
-    return {"TORCH_EXTENSIONS_DIR": str(cache), **os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    return {"TORCH_EXTENSIONS_DIR": str(cache), **os.environ, "TOKENIZERS_PARALLELISM": "false", **(extra or {})}
 
 
-def launch_training(config_path: Path, script_args: list[str]) -> int:
+def launch_training(config_path: Path, script_args: list[str], env: dict[str, str] | None = None) -> int:
     """Run the recipe under `accelerate launch` with its accelerate config; returns the exit code.
     Paths in recipes and accelerate configs are relative to the repository root, as with the standard line."""
     command = training_command(config_path, script_args)
     print("+ " + " ".join(command[2:]), file=sys.stderr, flush=True)
-    return subprocess.run(command, env=_environment()).returncode
+    return subprocess.run(command, env=_environment(env)).returncode
 
 
-def run_single_process(config_path: Path, script_args: list[str]) -> int:
+def run_single_process(config_path: Path, script_args: list[str], env: dict[str, str] | None = None) -> int:
     """One plain process, no launcher (the CPU quickstart's tiny model)."""
     _read_recipe(config_path)
     command = [sys.executable, "-m", "autoevol_train.train.sft", "--config", str(config_path), *script_args]
-    return subprocess.run(command, env=_environment()).returncode
+    return subprocess.run(command, env=_environment(env)).returncode

@@ -328,6 +328,8 @@ def train(script_args: SFTScriptArguments, training_args: SFTConfig, model_args:
         generation.save_pretrained(training_args.output_dir)
         tokenizer.save_pretrained(training_args.output_dir)
     trainer.accelerator.wait_for_everyone()
+    if training_args.push_to_hub:  # TRL's push (all ranks: ZeRO-3 gathers), now that template and generation
+        trainer.push_to_hub(commit_message="End of training")  # config are final; token: HF_TOKEN
     trainer.accelerator.print(f"model saved to {training_args.output_dir}")
     trainer.end()
     return Path(training_args.output_dir)
