@@ -9,13 +9,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 from autoevol_train.llm.client import LLMPool
 from autoevol_train.llm.scheduler import map_in_order
 from autoevol_train.progress import Progress
 
-__all__ = ["EvalContext", "BenchmarkResult", "benchmark_label"]
+__all__ = ["EvalContext", "BenchmarkResult", "BenchmarkBlock", "EvalResults", "benchmark_block", "benchmark_label"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -58,6 +58,36 @@ class BenchmarkResult:
     item_scores: dict[str, list[float | None]] = field(default_factory=dict)
     stderr: dict[str, float | None] = field(default_factory=dict)
     caveat: str | None = None
+
+
+class ItemScores(TypedDict):
+    ids: list[str]
+    scores: dict[str, list[float | None]]
+
+
+class BenchmarkBlock(TypedDict):
+    """One benchmark in results.json: a BenchmarkResult without its records (those are <benchmark>.jsonl)."""
+
+    metrics: dict[str, Any]
+    stderr: dict[str, float | None]
+    protocol: dict[str, Any]
+    caveat: str | None
+    items: ItemScores
+
+
+class EvalResults(TypedDict):
+    """results.json: what was evaluated, how its prompts were formatted, who judged, and each benchmark."""
+
+    name: str
+    model: str
+    template: str
+    judge: str | None
+    benchmarks: dict[str, BenchmarkBlock]
+
+
+def benchmark_block(result: BenchmarkResult, stderr: dict[str, float | None]) -> BenchmarkBlock:
+    return BenchmarkBlock(metrics=result.metrics, stderr=stderr, protocol=result.protocol, caveat=result.caveat,
+                          items=ItemScores(ids=result.item_ids, scores=result.item_scores))
 
 
 def benchmark_label(name: str, block: dict[str, Any]) -> str:

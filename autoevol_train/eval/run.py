@@ -24,7 +24,8 @@ from pydantic import Field, create_model, model_validator
 
 from autoevol_train.config import StrictModel
 from autoevol_train.eval.benchmarks import BENCHMARKS, BY_NAME
-from autoevol_train.eval.records import BenchmarkResult, EvalContext, benchmark_label
+from autoevol_train.eval.records import (BenchmarkResult, EvalContext, EvalResults, benchmark_block,
+                                         benchmark_label)
 from autoevol_train.eval.uncertainty import standard_error
 from autoevol_train.hub import HubTarget, check_can_push, folder_name, push_folder
 from autoevol_train.llm.types import RoleConfig
@@ -96,7 +97,7 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def results_table(results: dict[str, Any]) -> str:
+def results_table(results: EvalResults) -> str:
     """Markdown: metrics (± standard error) per benchmark, then the protocol each was measured under."""
     lines = [f"# Evaluation of `{results['name']}`", "", f"- model: `{results['model']}`",
              f"- chat template: {results['template']}", f"- judge: {results['judge'] or 'none'}", "",
@@ -123,17 +124,15 @@ def run_eval(config: EvalConfig, output_dir: Path, tracker_run: TrackerRun | Non
 def _evaluate_in(stage: StageRun, config: EvalConfig) -> Path:
     run_dir = stage.run_dir
     name = config.name or config.model.model
-    results = {"name": name, "model": config.model.model, "template": template_note(config.model),
-               "judge": config.judge.model if config.judge else None, "benchmarks": {}}
+    results = EvalResults(name=name, model=config.model.model, template=template_note(config.model),
+                          judge=config.judge.model if config.judge else None, benchmarks={})
 
     def save(benchmark: str, result: BenchmarkResult) -> None:
         write_atomic(run_dir.path / f"{benchmark}.jsonl", _jsonl(result.records))
         for file_name, text in result.files.items():
             write_atomic(run_dir.path / file_name, text)
         stderr = {metric: standard_error(scores) for metric, scores in result.item_scores.items()} | result.stderr
-        results["benchmarks"][benchmark] = {
-            "metrics": result.metrics, "stderr": stderr, "protocol": result.protocol, "caveat": result.caveat,
-            "items": {"ids": result.item_ids, "scores": result.item_scores}}
+        results["benchmarks"][benchmark] = benchmark_block(result, stderr)
         stage.tracker.log(eval_metrics(benchmark, result.metrics, stderr))
         write_atomic(run_dir.path / "results.json", json.dumps(results, indent=2, allow_nan=True) + "\n")
         write_atomic(run_dir.path / "results.md", results_table(results))
