@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autoevol_train.eval.records import benchmark_label
+from autoevol_train.evol.failures import format_counts
 from autoevol_train.eval.run import format_value
 from autoevol_train.eval.uncertainty import LEVEL, RESAMPLES, arm_differences
 from autoevol_train.rundir import write_atomic
@@ -226,9 +227,11 @@ def build_report(output_dir: Path, config: PipelineConfig) -> Path:
     if history:
         blocks.append("<h2>Method optimisation</h2>")
         blocks.append(_image(optimize_dir / "lambda.png", "failure rate per step"))
-        winners = [[h["step"], h["name"], h["method_id"] or "-", h["lambda"] if h["lambda"] is not None else "-"]
+        winners = [[h["step"], h["name"], h["method_id"] or "-", h["lambda"] if h["lambda"] is not None else "-",
+                    format_counts(h["failures"])]
                    for h in history if h.get("selected")]
-        blocks.append(_table(["step", "winner", "method id", "λ (dev failure rate)"], winners)
+        blocks.append(_table(["step", "winner", "method id", "λ (dev failure rate)", "failure reasons on dev"],
+                             winners)
                       if winners else "<p>No candidate beat the initial method.</p>")
         best = optimize_dir / "best_method.txt"
         if best.is_file():

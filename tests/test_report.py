@@ -79,7 +79,8 @@ def test_report_is_one_self_contained_file_that_shows_its_images_anywhere(tmp_pa
     run = tmp_path / "run"
     (run / "optimize").mkdir(parents=True)
     (run / "optimize" / "history.jsonl").write_text(json.dumps(
-        {"step": 1, "name": "candidate-1", "method_id": "m1", "lambda": 0.25, "selected": True}) + "\n")
+        {"step": 1, "name": "candidate-1", "method_id": "m1", "lambda": 0.25, "selected": True,
+         "failures": {"response_asks_back": 2, "evol_parse_failure": 1}}) + "\n")
     png(run / "optimize" / "lambda.png", "lambda")
     for arm in ("seed", "evol-instruct", "auto-evol"):
         dataset = run / arm / "evolve" / "dataset"
@@ -92,6 +93,7 @@ def test_report_is_one_self_contained_file_that_shows_its_images_anywhere(tmp_pa
         write_eval(run, arm, np.arange(400) % 3 == 0)
     page = build_report(run, config).read_text()
     assert "<pre>" not in page and "<td>gsm8k</td><td>strict</td>" in page  # HTML tables, no Markdown
+    assert "<td>response_asks_back 2, evol_parse_failure 1</td>" in page  # the winner's failure reasons
     sources = re.findall(r'<img src="([^"]*)"', page)
     assert len(sources) == 5 and all(s.startswith("data:image/png;base64,") for s in sources)
 
