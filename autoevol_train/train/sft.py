@@ -54,8 +54,8 @@ class SFTScriptArguments(ScriptArguments):
                 "family: Llama 3, Qwen2.5/3, Gemma, Phi-3, ...), one of ours by name, 'model' (the tokenizer's own), "
                 "or a path to a .jinja file with markers (any other chat model: docs/training.md)"})
     accelerate_config: str = field(default="recipes/accelerate_configs/deepspeed_zero3.yaml", metadata={
-        "help": "accelerate config `autoevol train` launches with (relative paths: from the working directory, "
-                "else from the repository root)"})
+        "help": "accelerate config `autoevol train` launches with (a relative path, like the DeepSpeed file it "
+                "names, is read from the working directory: run from the repository root, as the standard line)"})
 
 
 @dataclass
