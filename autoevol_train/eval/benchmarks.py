@@ -17,11 +17,11 @@ from typing import Annotated, Union
 
 from pydantic import Field
 
-from autoevol_train.eval import alpaca_eval, gsm8k, humaneval, mt_bench
+from autoevol_train.eval import alpaca_eval, gsm8k, humaneval, lm_harness, mt_bench
 
 __all__ = ["BENCHMARKS", "BY_NAME", "BenchmarkConfig"]
 
-BENCHMARKS = (gsm8k, humaneval, mt_bench, alpaca_eval)
+BENCHMARKS = (gsm8k, humaneval, mt_bench, alpaca_eval, lm_harness)
 
 BY_NAME = {module.NAME: module for module in BENCHMARKS}
 # Any benchmark's config, told apart by its `name` (a decontamination entry: {name: gsm8k, path: ...}).
