@@ -223,9 +223,12 @@ def arm_evolve_config(config: PipelineConfig, arm: ArmConfig, best_method: Path 
         method = {"method": "file", "method_file": str(best_method)}
     else:
         method = {"method": arm.method, "method_file": None}
+    arm_keys = dict(arm.evolve)
+    if config.evolve.hub and "hub" not in arm.evolve:  # one dataset repository per arm: <repo_id>-<arm>
+        arm_keys["hub"] = {**config.evolve.hub.model_dump(), "repo_id": f"{config.evolve.hub.repo_id}-{arm.name}"}
     # An arm whose every evolution failed on content is reported, not trained (request errors still fail).
     return parse_config(EvolveConfig, _merged(config.evolve.model_dump(mode="json"),
-                                              {"allow_empty": True, **arm.evolve, **method}), f"arm {arm.name}: evolve")
+                                              {"allow_empty": True, **arm_keys, **method}), f"arm {arm.name}: evolve")
 
 
 # Which filter removed a row, by the reason codes of evol/failures.py, data/decontam.py and data/dedup.py.
@@ -269,6 +272,8 @@ def _write_train_recipe(config: TrainStageConfig, dataset_dir: Path, stage_dir: 
     recipe.update(config.overrides)
     recipe.update(tracking)
     recipe.update({"dataset_name": str(dataset_dir), "output_dir": str(stage_dir / "model")})
+    if recipe.get("push_to_hub") and recipe.get("hub_model_id"):  # one model repository per arm: <id>-<arm>
+        recipe["hub_model_id"] = f"{recipe['hub_model_id']}-{stage_dir.parent.name}"
     path = stage_dir / "recipe.yaml"
     write_atomic(path, yaml.safe_dump(recipe, sort_keys=False))
     return path
@@ -296,7 +301,9 @@ def _run_pipeline_in(pipeline_run: StageRun, config: PipelineConfig) -> Path:
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
 
     def tracker_run(group: str, name: str) -> TrackerRun:  # one project: the pipeline; a run per arm and stage
-        return TrackerRun(config.report_to, project=output_dir.resolve().name, group=group, name=name, directory=output_dir)
+        return TrackerRun(config.report_to, project=output_dir.resolve().name, group=group, name=name,
+                          directory=output_dir)
+
     ran: dict[str, bool] = {}
 
     if config.tiny_model is not None:

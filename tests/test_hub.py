@@ -148,3 +148,25 @@ def test_training_pushes_model_tokenizer_template_and_generation_config(hub, tin
     assert hub.repos["model/alice/tiny-sft"]["private"] is True
     assert hub.commits[-1]["summary"] == "End of training"
     assert_token_nowhere(tmp_path / "model", done.stdout, done.stderr)
+
+
+def test_in_a_pipeline_each_arm_pushes_to_its_own_repositories(tmp_path, monkeypatch):
+    """The shared evolve.hub and the recipe's hub_model_id get the arm's name appended (arms must not overwrite
+    each other's dataset or model); an arm's own evolve.hub is kept as written."""
+    from autoevol_train.config import load_config
+    from autoevol_train.pipeline import PipelineConfig, _write_train_recipe, arm_evolve_config
+
+    monkeypatch.chdir(REPO)
+    config = load_config(PipelineConfig, REPO / "recipes" / "quickstart" / "pipeline.yaml", [
+        "evolve.hub.repo_id=alice/qs-data", "evolve.hub.revision=v2", "train.overrides.push_to_hub=true",
+        "train.overrides.hub_model_id=alice/qs-model"])
+    repos = {arm.name: arm_evolve_config(config, arm, Path("best_method.txt")).hub for arm in config.arms}
+    assert {name: (hub.repo_id, hub.revision) for name, hub in repos.items()} == {
+        "seed": ("alice/qs-data-seed", "v2"), "evol-instruct": ("alice/qs-data-evol-instruct", "v2"),
+        "auto-evol": ("alice/qs-data-auto-evol", "v2")}
+    own = config.arms[0].model_copy(update={"evolve": {"hub": {"repo_id": "bob/seed-set"}}})
+    assert arm_evolve_config(config, own, None).hub.repo_id == "bob/seed-set"
+    (tmp_path / "seed" / "train").mkdir(parents=True)
+    recipe = yaml.safe_load(_write_train_recipe(config.train, tmp_path / "seed" / "evolve" / "dataset",
+                                                tmp_path / "seed" / "train", {}).read_text())
+    assert recipe["push_to_hub"] is True and recipe["hub_model_id"] == "alice/qs-model-seed"
