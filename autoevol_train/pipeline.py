@@ -29,6 +29,7 @@ from autoevol_train.config import InputError, StrictModel, parse_config
 from autoevol_train.eval.run import EvalConfig, run_eval
 from autoevol_train.evol.evolve import EvolveConfig, run_evolve
 from autoevol_train.evol.optimize import OptimizeConfig, run_optimize
+from autoevol_train.hub import check_can_push
 from autoevol_train.rundir import write_atomic
 from autoevol_train.stage import StageRun
 from autoevol_train.tracking import ReportTo, TrackerRun, trl_tracking
@@ -290,6 +291,8 @@ def _train(config: TrainStageConfig, recipe: Path, env: dict[str, str]) -> None:
 
 def run_pipeline(config: PipelineConfig, output_dir: Path) -> Path:
     """Run every stage of every arm (skipping cached ones) and write the report; returns its path."""
+    for target in (config.evolve.hub, config.eval.hub if config.eval else None):
+        check_can_push(target)  # a missing HF_TOKEN fails now, not after optimize and training
     with StageRun(output_dir, "run", config) as pipeline_run:
         return _run_pipeline_in(pipeline_run, config)
 

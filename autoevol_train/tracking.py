@@ -54,6 +54,7 @@ class Tracker:
 
     def __init__(self, run: TrackerRun, stage: str, run_path: Path, config: Mapping[str, Any] | None = None):
         self.run = run
+        self.stage = stage
         self.name = run.name or f"{stage}:{run_path.name}"
         self.group = run.group or stage
         self.directory = run.directory or run_path
@@ -69,11 +70,11 @@ class Tracker:
             return
         if self._handle is None:
             self._handle = self._open()
-        with _to_stderr():
+        with contextlib.redirect_stdout(sys.stderr):
             self._handle.log(dict(metrics), step=step)
 
     def _open(self) -> Any:
-        with _to_stderr():  # the trackers print banners; a stage's stdout is its result
+        with contextlib.redirect_stdout(sys.stderr):  # the trackers print banners; a stage's stdout is its result
             if self.run.report_to == "trackio":
                 import trackio
 
@@ -82,14 +83,14 @@ class Tracker:
             import wandb
 
             self.directory.mkdir(parents=True, exist_ok=True)
-            return wandb.init(project=self.run.project, group=self.group, name=self.name, job_type=self.group,
+            return wandb.init(project=self.run.project, group=self.group, name=self.name, job_type=self.stage,
                               dir=str(self.directory), config=self.config,
                               mode=os.environ.get("WANDB_MODE", "offline"),
                               settings=wandb.Settings(console="off", x_disable_stats=True))
 
     def close(self) -> None:
         if self._handle is not None:
-            with _to_stderr():
+            with contextlib.redirect_stdout(sys.stderr):
                 self._handle.finish()
             self._handle = None
 
@@ -99,12 +100,6 @@ class Tracker:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
                  ) -> None:
         self.close()
-
-
-@contextlib.contextmanager
-def _to_stderr():
-    with contextlib.redirect_stdout(sys.stderr):
-        yield
 
 
 # --- what each stage logs ----------------------------------------------------------------------------------
@@ -123,8 +118,8 @@ def optimize_step_metrics(rows: Sequence[Mapping[str, Any]], best_lambda: float 
         if row["status"] != "ok":
             statuses[row["status"].split(":")[0]] += 1
         tokens.update(row["tokens"])
-        if row["selected"]:
-            metrics["lambda/selected"] = row["lambda"] if row["lambda"] is not None else float("nan")
+        if row["selected"]:  # e_t: always evaluated (a candidate with a λ, or the incumbent)
+            metrics["lambda/selected"] = row["lambda"]
             metrics.update({f"failures/{reason}": count for reason, count in row["failures"].items()})
     if best_lambda is not None:
         metrics["lambda/best"] = best_lambda

@@ -170,3 +170,14 @@ def test_in_a_pipeline_each_arm_pushes_to_its_own_repositories(tmp_path, monkeyp
     recipe = yaml.safe_load(_write_train_recipe(config.train, tmp_path / "seed" / "evolve" / "dataset",
                                                 tmp_path / "seed" / "train", {}).read_text())
     assert recipe["push_to_hub"] is True and recipe["hub_model_id"] == "alice/qs-model-seed"
+
+
+def test_a_pipeline_with_a_hub_section_and_no_token_fails_before_any_stage(tmp_path, monkeypatch, capsys):
+    from autoevol_train.cli import main
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    code = main(["run", "recipes/quickstart/pipeline.yaml", "--output-dir", str(tmp_path / "run"),
+                 "eval.hub.repo_id=alice/results"])
+    assert code == 3 and "hub.repo_id alice/results: set HF_TOKEN" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

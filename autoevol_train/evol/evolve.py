@@ -307,7 +307,7 @@ async def evolve_shard(config: EvolveConfig, stage: StageRun) -> tuple[dict[str,
         evolver = ItemEvolver(config, pool["evol"], pool["responder"])
         todo = _my_seeds(config, LoadReport() if total is not None else report, done)
         remaining = None if total is None else total - len(done)
-        started, log_every = time.monotonic(), max(1, (remaining or 0) // 100)  # ~100 tracker points a run
+        started, log_every = time.monotonic(), max(1, (remaining or 10000) // 100)  # ~100 tracker points a run
         with PartWriter(parts, stage.run_dir.manifest["attempts"], config.records_per_part) as writer, \
                 Progress(remaining, "evolve", pool) as bar:
             async for _, record in stream_map(todo, evolver.item, config.max_in_flight):
