@@ -123,12 +123,14 @@ class StageRun:
 
     @asynccontextmanager
     async def pool(self, roles: dict[str, RoleConfig]) -> AsyncIterator[LLMPool]:
-        """The stage's LLM pool over its journal; the journal is closed however the block ends."""
+        """The stage's LLM pool over its journal, its endpoints preflighted (an `EndpointError` within seconds
+        instead of hours of retries); the journal is closed however the block ends."""
         self._pool_opened = True
         journal = Journal(self.run_dir.journal_path)
         try:
             async with LLMPool(roles, journal) as pool:
                 self._pools.append(pool)
+                await pool.preflight()
                 yield pool
         finally:
             journal.close()

@@ -355,9 +355,9 @@ def judge_rule(body, index):
 def test_mt_bench_and_alpaca_judging_exact_on_scripted_server(scripted_server, shared_data, tmp_path):
     model = scripted_server(lambda body, i: f"answer {len(body['messages'])}")
     judge = scripted_server(judge_rule)
-    config = EvalConfig.model_validate({
-        "name": "scripted", "model": {"model": "m", "base_urls": [model.base_url]},
-        "judge": {"model": "judge", "base_urls": [judge.base_url], "temperature": 0.9},
+    config = EvalConfig.model_validate({  # every request counted below is the stage's own: no preflight
+        "name": "scripted", "model": {"model": "m", "base_urls": [model.base_url], "preflight": "off"},
+        "judge": {"model": "judge", "base_urls": [judge.base_url], "temperature": 0.9, "preflight": "off"},
         "mt_bench": mt_bench_section(shared_data),
         "alpaca_eval": {"baseline": alpaca_baseline(shared_data, tmp_path), "limit": 5}})
     results = json.loads(run_eval(config, tmp_path / "eval").read_text())

@@ -46,8 +46,8 @@ def ranking_rule(body, index):
 def test_official_annotator_scores_through_the_judge_endpoint(scripted_server, tmp_path):
     model, judge = scripted_server(model_rule), scripted_server(ranking_rule)
     config = EvalConfig.model_validate({
-        "name": "rivers", "model": {"model": "m", "base_urls": [model.base_url]},
-        "judge": {"model": "gpt-4", "base_urls": [judge.base_url]},
+        "name": "rivers", "model": {"model": "m", "base_urls": [model.base_url], "preflight": "off"},
+        "judge": {"model": "gpt-4", "base_urls": [judge.base_url], "preflight": "off"},
         "alpaca_eval": {"baseline": baseline(tmp_path), "scorer": "alpaca-eval"}})
     results = json.loads(run_eval(config, tmp_path / "eval").read_text())
     block = results["benchmarks"]["alpaca_eval"]
@@ -76,8 +76,8 @@ def test_own_judge_is_labelled_not_comparable_in_every_table(scripted_server, tm
     model = scripted_server(model_rule)
     judge = scripted_server(lambda body, index: "Output A is better. [[A]]")
     config = EvalConfig.model_validate({
-        "name": "rivers", "model": {"model": "m", "base_urls": [model.base_url]},
-        "judge": {"model": "local-judge", "base_urls": [judge.base_url]},
+        "name": "rivers", "model": {"model": "m", "base_urls": [model.base_url], "preflight": "off"},
+        "judge": {"model": "local-judge", "base_urls": [judge.base_url], "preflight": "off"},
         "alpaca_eval": {"baseline": baseline(tmp_path)}})  # scorer: judge (the default)
     results = json.loads(run_eval(config, tmp_path / "eval").read_text())
     block = results["benchmarks"]["alpaca_eval"]

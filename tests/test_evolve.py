@@ -50,7 +50,8 @@ def _seeds(path: Path, rows: list[dict]) -> str:
 def _config(url: str, seeds: str, **extra) -> EvolveConfig:
     data = {"seeds": {"path": seeds}, "domain": "chat", "method": "initial",
             "decontam": {"enabled": False},
-            "llm": {"evol": {"model": "scripted", "base_urls": [url], "max_concurrency": 8}}}
+            # The rules script every answer; the endpoint preflight is tested in test_stage_preflight.py.
+            "llm": {"evol": {"model": "scripted", "base_urls": [url], "max_concurrency": 8, "preflight": "off"}}}
     data.update(extra)
     return EvolveConfig.model_validate(data)
 
@@ -233,7 +234,8 @@ def test_server_errors_and_hangs_every_seed_accounted_for(tmp_path, scripted_ser
              for i in range(120)]
     config = _config(server.base_url, _seeds(tmp_path / "trips.jsonl", seeds), dedup={"near": False},
                      llm={"evol": {"model": "scripted", "base_urls": [server.base_url], "timeout_s": 1.0,
-                                   "max_retries": 1, "retry_initial_s": 0.01, "max_concurrency": 64}})
+                                   "max_retries": 1, "retry_initial_s": 0.01, "max_concurrency": 64,
+                                   "preflight": "off"}})
     dataset = run_evolve(config, tmp_path / "run")
     kept = set(load_written_dataset(dataset, split="train")["seed_id"])
     rejects = _rejects(dataset)
@@ -324,13 +326,14 @@ def test_optimize_lambda_and_evolve_filter_decide_alike(tmp_path, scripted_serve
     optimize = OptimizeConfig.model_validate({
         "seeds": {"path": seeds}, "pool_size": 60, "dev_size": 50, "batch_size": 10, "trajectory_rounds": 1,
         "candidates": 1, "steps": 1, "failures": rules,
-        "llm": {"evol": {"model": "evol-model", "base_urls": [server.base_url]},
-                "optimizer": {"model": "optimizer-model", "base_urls": [server.base_url]}}})
+        "llm": {"evol": {"model": "evol-model", "base_urls": [server.base_url], "preflight": "off"},
+                "optimizer": {"model": "optimizer-model", "base_urls": [server.base_url], "preflight": "off"}}})
     run_optimize(optimize, tmp_path / "optimize")
     lam = {r["original"]: r["reason"] for r in
            map(json.loads, (tmp_path / "optimize" / "dev" / "step01.jsonl").read_text().splitlines())}
     dataset = run_evolve(_config(server.base_url, seeds, failures=rules, dedup={"exact": False, "near": False},
-                                 llm={"evol": {"model": "evol-model", "base_urls": [server.base_url]}}),
+                                 llm={"evol": {"model": "evol-model", "base_urls": [server.base_url],
+                                               "preflight": "off"}}),
                          tmp_path / "evolve")
     filtered = {r["instruction"]: r["reason"] for r in _rejects(dataset)}
     filtered |= {row["evolved_from"][0]: None for row in load_written_dataset(dataset, split="train")}

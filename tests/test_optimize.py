@@ -83,8 +83,9 @@ def rule(body: dict, index: int) -> str:
 def make_config(base_url: str, seeds: Path, **overrides) -> OptimizeConfig:
     data = {
         "seeds": {"path": str(seeds)},
-        "llm": {"evol": {"model": "evol-model", "base_urls": [base_url], "max_concurrency": 128},
-                "optimizer": {"model": "optimizer-model", "base_urls": [base_url]}},
+        # The rules script every answer; the endpoint preflight is tested in test_stage_preflight.py.
+        "llm": {"evol": {"model": "evol-model", "base_urls": [base_url], "max_concurrency": 128, "preflight": "off"},
+                "optimizer": {"model": "optimizer-model", "base_urls": [base_url], "preflight": "off"}},
         "pool_size": 200, "trajectory_rounds": 2,
     }
     for key, value in overrides.items():
@@ -490,7 +491,7 @@ def test_recipe_runs_offline_on_shared_data(domain, seeds, scripted_server, shar
                  "trajectory_rounds=1"]
     for role in ("evol", "optimizer"):
         overrides += [f"llm.{role}.model={role}-model", f"llm.{role}.base_urls=[{server.base_url}]",
-                      f"llm.{role}.api_key_env=null"]
+                      f"llm.{role}.api_key_env=null", f"llm.{role}.preflight=off"]
     config = load_config(OptimizeConfig, REPO / "recipes" / "domains" / domain / "optimize.yaml", overrides)
     run_optimize(config, tmp_path / "run")
     history = read_jsonl(tmp_path / "run" / "history.jsonl")

@@ -46,6 +46,21 @@ def test_input_error_on_an_existing_directory_leaves_it_as_it_was(tmp_path):
     assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
 
 
+def test_missing_api_key_leaves_nothing(tmp_path, monkeypatch):
+    """An LLMPool that refuses its roles (an unset API key variable) is bad input: no journal, no directory."""
+    monkeypatch.delenv("AUTOEVOL_TEST_UNSET_KEY", raising=False)
+    role = OpenAIRole(model="m", base_urls=["http://127.0.0.1:9/v1"], api_key_env="AUTOEVOL_TEST_UNSET_KEY")
+
+    async def work(stage: StageRun) -> None:
+        async with stage.pool({"evol": role}):
+            pass
+
+    with pytest.raises(InputError, match="AUTOEVOL_TEST_UNSET_KEY"):
+        with StageRun(tmp_path / "run", "evolve", Config()) as stage:
+            asyncio.run(work(stage))
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("error, status, reason", [
     (EndpointError("role evol: http://127.0.0.1:9/v1: connection refused"), "failed",
      "role evol: http://127.0.0.1:9/v1: connection refused"),
@@ -54,7 +69,7 @@ def test_input_error_on_an_existing_directory_leaves_it_as_it_was(tmp_path):
 ])
 def test_other_failures_mark_the_manifest_and_close_the_journal(tmp_path, error, status, reason):
     async def work(stage: StageRun) -> None:
-        async with stage.pool({"evol": OpenAIRole(model="m")}):
+        async with stage.pool({"evol": OpenAIRole(model="m", preflight="off")}):
             raise error
 
     with pytest.raises(type(error)):
@@ -102,7 +117,7 @@ def test_failure_before_any_llm_call_leaves_only_the_failed_manifest(tmp_path):
     async def work(stage: StageRun) -> None:
         (stage.path / "methods").mkdir()
         (stage.path / "methods" / "initial.txt").write_text("derived from the config")
-        async with stage.pool({"evol": OpenAIRole(model="m")}):
+        async with stage.pool({"evol": OpenAIRole(model="m", preflight="off")}):
             raise EndpointError("role evol: http://127.0.0.1:9/v1: connection refused")
 
     with pytest.raises(EndpointError):

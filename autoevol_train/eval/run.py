@@ -117,6 +117,8 @@ def results_table(results: EvalResults) -> str:
 def run_eval(config: EvalConfig, output_dir: Path, tracker_run: TrackerRun | None = None) -> Path:
     """Evaluate `config.model` on every configured benchmark; returns the path of results.json."""
     check_can_push(config.hub)
+    for section in config.sections():  # read every test set first: a bad file fails before any call (exit 2)
+        list(BY_NAME[section.name].decontamination_texts(section))
     with StageRun(output_dir, "eval", config, tracker_run or TrackerRun(config.report_to)) as stage:
         return _evaluate_in(stage, config)
 

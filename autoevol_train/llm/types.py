@@ -150,7 +150,8 @@ class RoleBase(StrictModel):
     max_concurrency: PositiveInt = Field(64, description="requests of this role in flight at once")
     max_retries: int = Field(6, ge=0, description="retries of a transient failure (429, 5xx, timeout, bad body)")
     retry_initial_s: PositiveFloat = Field(1.0, description="first backoff; doubles per retry, with jitter")
-    preflight: Literal["full", "chat", "off"] = Field(
+    # YAML 1.1 reads a bare `off` as false: `preflight: off` means what it says.
+    preflight: Annotated[Literal["full", "chat", "off"], BeforeValidator(lambda v: "off" if v is False else v)] = Field(
         "full", description="check at stage start: full = the server lists the model (GET /models; a 404 there "
         "falls back to chat) and answers a 1-token chat; chat = only the chat; off = no check")
     breaker: BreakerConfig = Field(default_factory=BreakerConfig,
