@@ -1,9 +1,10 @@
-"""Every stage checks its endpoints before any work: an unreachable endpoint or a model name the server does
-not serve ends `optimize`, `evolve`, `eval` and `run` with one line and exit 3, whatever the number of seeds,
-and leaves nothing but the failed manifest (and the config) in the run directory.
+"""Every stage checks its endpoints before any work: an unreachable endpoint, a model name the server does not
+serve, a server answering every request with HTTP 500 or 401 ends `optimize`, `evolve`, `eval` and `run` with
+one line and exit 3, whatever the number of seeds, and leaves nothing but the failed manifest (and the
+config) in the run directory.
 
 Through the real CLI in a subprocess, against a real local HTTP server (the scripted OpenAI-compatible test
-server, which serves one model, "scripted") and a port where nothing listens.
+server: it serves one model, "scripted", or fails as told) and a port where nothing listens.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from autoevol_train.llm.openai_backend import PREFLIGHT_ATTEMPTS
+from tests.support.scripted_server import Faults, Reply
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = 300  # far more than the preflight could ever touch
@@ -82,12 +86,22 @@ def _assert_failed_with_nothing_written(process: subprocess.CompletedProcess, co
 def test_unreachable_endpoint_exits_3_with_one_line(tmp_path, command):
     url = _closed_port_url()
     process, out = _run(command, _configs(tmp_path, url, "some-model")[command], tmp_path)
-    _assert_failed_with_nothing_written(process, command, out, url)
+    _assert_failed_with_nothing_written(process, command, out, url, "connection refused")
 
 
+# fault → (how the server is set up, what the one line names besides the URL, requests the preflight may make)
+FAULTS = {
+    "wrong_model": ({"served_models": ["scripted"]}, "model 'no-such-model' is not served (served: scripted)", 0),
+    "http_500": ({"faults": Faults(error_rate=1.0)}, "HTTP 500", PREFLIGHT_ATTEMPTS),
+    "http_401": ({"rule": lambda body, index: Reply("invalid API key", status=401)}, "HTTP 401", 1),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
 @pytest.mark.parametrize("command", ["optimize", "evolve", "eval", "run"])
-def test_wrong_model_name_exits_3_before_any_work(tmp_path, scripted_server, command):
-    server = scripted_server(served_models=["scripted"])
+def test_server_that_cannot_serve_exits_3_before_any_work(tmp_path, scripted_server, command, fault):
+    setup, problem, most_requests = FAULTS[fault]
+    server = scripted_server(**setup)
     process, out = _run(command, _configs(tmp_path, server.base_url, "no-such-model")[command], tmp_path)
-    _assert_failed_with_nothing_written(process, command, out, server.base_url, "no-such-model")
-    assert server.counters.requests <= 1  # at most the preflight's one minimal chat request, not one per seed
+    _assert_failed_with_nothing_written(process, command, out, server.base_url, problem)
+    assert server.counters.requests <= most_requests  # the preflight's own checks, not one request per seed
