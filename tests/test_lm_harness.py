@@ -101,7 +101,7 @@ def test_fold_names_filtered_metrics_and_keeps_missing_stderr_as_none():
                                  "metrics": ["exact_match"], "exact_match": 1.0},
                                 {"doc_id": 1, "filter": "strict-match", "target": "4", "filtered_resps": ["5"],
                                  "metrics": ["exact_match"], "exact_match": 0.0}]}}
-    result = lm_harness.fold(output, lm_harness.Config(tasks=["t"]), "/models/m")
+    result = lm_harness.fold(output, lm_harness.Config(tasks=["t"]))
     assert result.metrics == {"t/exact_match/strict-match": 0.5, "t/exact_match/flexible": 1.0}
     assert result.stderr == {"t/exact_match/strict-match": 0.25, "t/exact_match/flexible": None}
     assert result.item_ids == ["t/0/strict-match", "t/1/strict-match"]

@@ -122,7 +122,7 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def fold(output: dict[str, Any], config: Config, model_dir: str) -> BenchmarkResult:
+def fold(output: dict[str, Any], config: Config) -> BenchmarkResult:
     """lm-eval's `simple_evaluate` output as the project's benchmark result (see the module docstring)."""
     metrics: dict[str, Any] = {}
     stderr: dict[str, float | None] = {}
@@ -146,7 +146,8 @@ def fold(output: dict[str, Any], config: Config, model_dir: str) -> BenchmarkRes
     protocol = {
         "harness": f"lm-eval {output.get('lm_eval_version', '?')} (simple_evaluate; lm-eval's own metrics and "
                    "standard errors)",
-        "backend": config.backend, "model": model_dir, "model_args": config.model_args,
+        "backend": config.backend, "weights": config.pretrained or "the model under test (results' model)",
+        "model_args": config.model_args,
         "shots": output.get("n-shot", {}), "task versions": output.get("versions", {}),
         "chat template": "applied" if config.apply_chat_template else "none", "limit": config.limit or "all",
     }
@@ -157,7 +158,7 @@ def fold(output: dict[str, Any], config: Config, model_dir: str) -> BenchmarkRes
 async def run(config: Config, context: EvalContext) -> BenchmarkResult:
     model_dir = _model_dir(config, context)
     output = await asyncio.to_thread(_evaluate, config, model_dir)  # blocking, CPU/GPU-bound
-    return fold(output, config, model_dir)
+    return fold(output, config)
 
 
 def decontamination_texts(config: Config) -> Iterator[tuple[str, str]]:
