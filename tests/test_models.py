@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from autoevol_train.errors import ResultError
-from autoevol_train.models import MARKER, SMOLLM2_135M_INSTRUCT, fetch_model, models_cache
+from autoevol_train.errors import InputError, ResultError
+from autoevol_train.models import MARKER, SMOLLM2_135M_INSTRUCT, fetch_model, fetch_model_to, models_cache
 
 from conftest import free_port
 
@@ -112,3 +112,14 @@ def test_unknown_model_is_an_input_error():
     done = _cli("models", "fetch", "gpt-5")
     assert done.returncode == 2
     assert "unknown model 'gpt-5'; known: smollm2-135m-instruct" in done.stderr
+
+
+def test_pipeline_links_the_fetched_model_at_a_stable_path(smollm2, tmp_path):
+    """The pipeline's `fetch_model: {name, path}`: recipes name `path`, a link into the cache."""
+    link = tmp_path / "runs" / "smollm2-135m-instruct"
+    assert fetch_model_to("smollm2-135m-instruct", link) == link
+    assert link.is_symlink() and link.resolve() == smollm2.resolve()
+    assert fetch_model_to("smollm2-135m-instruct", link) == link  # again: unchanged
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(InputError, match="exists and is not a link"):
+        fetch_model_to("smollm2-135m-instruct", tmp_path / "taken")

@@ -82,6 +82,9 @@ class VLLMBackend:
         await answer_one_token(self, self._where)
 
     async def aclose(self) -> None:
+        """Also stops the engine's core process: a pipeline builds one engine per stage, and each would keep its
+        weights and KV cache in memory until the pipeline ends."""
         if self._drainer is not None:
             self._drainer.cancel()
         self._worker.shutdown(wait=True)
+        self._llm.llm_engine.engine_core.shutdown()
