@@ -180,6 +180,76 @@ def test_endpoints_are_balanced_by_load(scripted_server):
     assert fast.counters.requests > 2 * slow.counters.requests
 
 
+def test_adaptive_limit_shrinks_under_429s_and_grows_back_with_spare_capacity(scripted_server):
+    """An API that rejects requests beyond 4 waiting for its 4 slots: the endpoint's limit is cut below the
+    role's ceiling and nothing is lost; once the server takes more, the limit grows again."""
+    server = scripted_server(latency=LatencyModel(median_s=0.01, slots=4, max_waiting=4, retry_after_s=0.01))
+    config = OpenAIRole(model="m", base_urls=[server.base_url], max_concurrency=64, max_retries=30,
+                        retry_initial_s=0.01)
+
+    async def main():
+        async with LLMPool({"evol": config}) as pool:
+            client = pool["evol"]
+            limit = client._backend.limits[0]
+
+            async def burst(first: int):
+                return [c async for _, c in stream_map(range(first, first + 300),
+                                                       lambda i: client.chat_one(ask(1, i)), max_in_flight=64)]
+            crowded = await burst(0)
+            after_429s, cuts = limit.limit, limit.cuts
+            server.latency.max_waiting = None  # the server now queues whatever it gets
+            spare = await burst(300)
+            return crowded + spare, after_429s, cuts, limit.limit
+
+    completions, after_429s, cuts, after_spare = asyncio.run(main())
+    assert all(c.ok for c in completions) and len(completions) == 600  # nothing lost to the 429s
+    assert server.counters.rate_limited > 0 and cuts > 0
+    assert after_429s < 64
+    assert after_spare > after_429s
+
+    # adaptive_concurrency: false keeps max_concurrency fixed, whatever the server answers.
+    server.latency.max_waiting = 4
+    fixed = config.model_copy(update={"adaptive_concurrency": False})
+
+    async def fixed_run():
+        async with LLMPool({"evol": fixed}) as pool:
+            out = await asyncio.gather(*[pool["evol"].chat_one(ask(1, i)) for i in range(100)])
+            return out, pool["evol"]._backend.limits[0]
+
+    rate_limited_before = server.counters.rate_limited
+    out, limit = asyncio.run(fixed_run())
+    assert all(c.ok for c in out) and server.counters.rate_limited > rate_limited_before
+    assert (limit.limit, limit.cuts) == (64, 0)
+
+
+def test_retry_after_is_honoured(scripted_server):
+    """The server asks to come back in 0.5 s; the client's own back-off would have retried after ~0.01 s."""
+    arrivals: dict[str, float] = {}
+
+    def hold_first(body, index):
+        content = body["messages"][-1]["content"]
+        arrivals[content] = time.monotonic()
+        if content == "first":
+            time.sleep(0.3)
+        return content
+
+    server = scripted_server(hold_first, latency=LatencyModel(slots=1, max_waiting=0, retry_after_s=0.5))
+    config = OpenAIRole(model="m", base_urls=[server.base_url], retry_initial_s=0.01, max_retries=3)
+
+    async def main():
+        async with LLMPool({"evol": config}) as pool:
+            first = asyncio.ensure_future(pool["evol"].chat_one([{"role": "user", "content": "first"}]))
+            while "first" not in arrivals:
+                await asyncio.sleep(0.001)
+            sent = time.monotonic()
+            second = await pool["evol"].chat_one([{"role": "user", "content": "second"}])
+            return await first, second, sent
+
+    first, second, sent = asyncio.run(main())
+    assert first.ok and second.ok and server.counters.rate_limited == 1
+    assert arrivals["second"] - sent >= 0.5  # a lower bound: load can only make it later
+
+
 def test_stream_map_has_no_barrier_and_bounds_items_in_flight():
     """Item 0 can only finish once the 19 others have: any barrier (per batch, per round) would deadlock,
     and the timeout turns that into a failure instead of a hang."""

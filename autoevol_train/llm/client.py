@@ -16,6 +16,7 @@ LLM and the responder.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,11 +28,12 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 from autoevol_train.errors import AutoevolError
 from autoevol_train.llm.breaker import Breaker
 from autoevol_train.llm.journal import Journal, call_key
-from autoevol_train.llm.types import (Backend, Completion, EndpointRefusedError, FatalRequestError, Messages,
-                                      OpenAIRole, PreflightMode, RetryableError, RoleConfig, Sampling,
+from autoevol_train.llm.types import (Backend, BusyError, Completion, EndpointRefusedError, FatalRequestError,
+                                      Messages, OpenAIRole, PreflightMode, RetryableError, RoleConfig, Sampling,
                                       TransformersRole, UnreachableError, VLLMRole)
 
 UNREACHABLE_RETRIES = 2  # connection refused / DNS: a blip gets two quick retries, a dead server fails fast
+MAX_RETRY_AFTER_S = 300.0  # a longer Retry-After means the endpoint is down for now: the breaker's business
 
 
 @dataclass
@@ -105,10 +107,21 @@ class LLMClient:
             budget = min(self.config.max_retries, UNREACHABLE_RETRIES) if unreachable else self.config.max_retries
             return state.attempt_number > budget
 
+        backoff = wait_exponential_jitter(multiplier=self.config.retry_initial_s, jitter=self.config.retry_initial_s,
+                                          max=60.0)
+
+        def wait(state: RetryCallState) -> float:
+            """Exponential back-off; for a busy endpoint a short flat wait (its adaptive limit was cut, and that
+            limit slows the client down); the server's Retry-After when it asks for longer."""
+            exc = state.outcome.exception() if state.outcome is not None else None
+            busy = isinstance(exc, BusyError)
+            own = self.config.retry_initial_s * (1 + random.random()) if busy else backoff(state)
+            retry_after = exc.retry_after if isinstance(exc, RetryableError) and exc.retry_after else 0.0
+            return max(own, min(retry_after, MAX_RETRY_AFTER_S))
+
         retrying = AsyncRetrying(
             stop=out_of_budget,
-            wait=wait_exponential_jitter(multiplier=self.config.retry_initial_s, jitter=self.config.retry_initial_s,
-                                        max=60.0),
+            wait=wait,
             retry=retry_if_exception_type(RetryableError),
             reraise=True,
         )

@@ -17,10 +17,12 @@ import socket
 import openai
 
 from autoevol_train.errors import EndpointError
-from autoevol_train.llm.types import (Completion, EndpointRefusedError, FatalRequestError, Messages, OpenAIRole,
-                                      PreflightMode, RetryableError, Sampling, UnreachableError)
+from autoevol_train.llm.limiter import EndpointLimit
+from autoevol_train.llm.types import (BusyError, Completion, EndpointRefusedError, FatalRequestError, Messages,
+                                      OpenAIRole, PreflightMode, RetryableError, Sampling, UnreachableError)
 
 _RETRYABLE_STATUS = {408, 409, 425, 429}
+_BUSY_STATUS = {429, 503, 504}  # the endpoint says "fewer at once": its adaptive limit is cut
 _REFUSED_STATUS = {401, 402, 403, 404, 405}
 PREFLIGHT_TIMEOUT_S = 10.0  # per check: a stage learns within seconds that an endpoint cannot serve it
 PREFLIGHT_ATTEMPTS = 2  # a restarting server or a dropped connection gets one more quick try
@@ -45,6 +47,14 @@ def _unreachable(exc: BaseException) -> str | None:
     return None
 
 
+def _retry_after(exc: openai.APIStatusError) -> float | None:
+    """The Retry-After header in seconds (HTTP dates are rare from model servers and are ignored)."""
+    try:
+        return max(0.0, float(exc.response.headers.get("retry-after", "")))
+    except ValueError:
+        return None
+
+
 def _server_answer(exc: openai.APIStatusError, limit: int = 200) -> str:
     """The server's own message (OpenAI-style ``{"error": {"message": ...}}``, else the body), on one line."""
     body = exc.body
@@ -64,19 +74,33 @@ class OpenAIBackend:
                                timeout=openai.Timeout(config.timeout_s, connect=CONNECT_TIMEOUT_S))
             for url in self._urls
         ]
-        self._in_flight = [0] * len(self._clients)
+        self._adaptive = config.adaptive_concurrency
+        self.limits = [EndpointLimit(config.max_concurrency) for _ in self._urls]
+        self._freed = asyncio.Event()
         self._turn = 0
 
     def _pick(self) -> int:
-        """Least requests in flight; ties go round-robin so idle endpoints share the first requests."""
+        """Most room under its limit (with equal limits: fewest in flight); ties go round-robin so idle
+        endpoints share the first requests."""
         self._turn += 1
         count = len(self._clients)
-        return min(range(count), key=lambda i: (self._in_flight[i], (i - self._turn) % count))
+        return min(range(count), key=lambda i: (-self.limits[i].room, (i - self._turn) % count))
+
+    async def _endpoint(self) -> int:
+        """An endpoint with room under its adaptive limit, waiting while every one is full."""
+        index = self._pick()
+        while self.limits[index].room < 1:
+            self._freed.clear()
+            await self._freed.wait()
+            index = self._pick()
+        return index
 
     async def generate(self, messages: Messages, sampling: Sampling, n: int) -> list[Completion]:
-        index = self._pick()
+        index = await self._endpoint()
         where = self._urls[index]
-        self._in_flight[index] += 1
+        limit = self.limits[index]
+        ticket = limit.start()
+        answered = congested = False
         try:
             response = await self._clients[index].chat.completions.create(
                 model=self._model, messages=messages, n=n, temperature=sampling.temperature,
@@ -84,7 +108,8 @@ class OpenAIBackend:
                 stop=list(sampling.stop) or None, extra_body=self._extra_body or None,
             )
         except openai.APITimeoutError as exc:
-            raise RetryableError("APITimeoutError", where) from exc
+            congested = self._adaptive
+            raise (BusyError if congested else RetryableError)("APITimeoutError", where) from exc
         except openai.APIConnectionError as exc:
             unreachable = _unreachable(exc)
             if unreachable:
@@ -92,15 +117,21 @@ class OpenAIBackend:
             raise RetryableError("APIConnectionError", where) from exc
         except openai.APIStatusError as exc:
             reason = f"http_{exc.status_code}: {_server_answer(exc)}"
+            congested = self._adaptive and exc.status_code in _BUSY_STATUS
+            if congested:
+                raise BusyError(reason, where, _retry_after(exc)) from exc
             if exc.status_code >= 500 or exc.status_code in _RETRYABLE_STATUS:
-                raise RetryableError(reason, where) from exc
+                raise RetryableError(reason, where, _retry_after(exc)) from exc
             if exc.status_code in _REFUSED_STATUS:
                 raise EndpointRefusedError(reason, where) from exc
             raise FatalRequestError(reason, where) from exc
         except (openai.APIResponseValidationError, json.JSONDecodeError, ValueError) as exc:
             raise RetryableError(f"malformed response: {str(exc)[:200]}", where) from exc
+        else:
+            answered = True
         finally:
-            self._in_flight[index] -= 1
+            limit.finish(ticket, answered, congested)
+            self._freed.set()
         choices = sorted(response.choices or [], key=lambda c: c.index)
         if len(choices) != n:
             raise RetryableError(f"malformed response: {len(choices)} choices for n={n}", where)

@@ -89,7 +89,17 @@ class RequestError(Exception):
 
 
 class RetryableError(RequestError):
-    """A transient backend failure (429, 5xx, timeout, dropped connection, malformed body): worth retrying."""
+    """A transient backend failure (429, 5xx, timeout, dropped connection, malformed body): worth retrying;
+    `retry_after` is the server's Retry-After in seconds, when it sent one."""
+
+    def __init__(self, reason: str, where: str = "", retry_after: float | None = None):
+        super().__init__(reason, where)
+        self.retry_after = retry_after
+
+
+class BusyError(RetryableError):
+    """The endpoint is saturated (429, 503, 504, a timeout): its adaptive limit was cut, and the retry waits
+    only `retry_initial_s` (or the server's Retry-After): the lower limit is the back-off."""
 
 
 class UnreachableError(RetryableError):
@@ -178,6 +188,8 @@ class OpenAIRole(RoleBase):
                                  description="endpoints, balanced by requests in flight")
     api_key_env: str | None = Field(None, description="name of the environment variable holding the API key")
     timeout_s: PositiveFloat = Field(300.0, description="per-request timeout")
+    adaptive_concurrency: bool = Field(True, description="cut each endpoint's concurrency when it answers 429/503/"
+                                       "504 or times out, and let it grow back to max_concurrency")
     extra_body: dict[str, Any] = Field({}, description="extra request fields (e.g. top_k)")
 
     def api_key(self) -> str:

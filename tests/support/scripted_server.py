@@ -50,6 +50,8 @@ class LatencyModel:
     sigma: float = 0.0
     slots: int | None = None
     seed: int = 0
+    max_waiting: int | None = None  # like a rate-limited API: 429 when more than this many wait for a slot
+    retry_after_s: float | None = None  # sent with those 429s as Retry-After
 
     def capacity(self) -> float:
         """Requests per second the server sustains when all slots are always busy."""
@@ -89,6 +91,7 @@ class _Counters:
     errors: int = 0
     hangs: int = 0
     malformed: int = 0
+    rate_limited: int = 0  # 429s sent because more than `max_waiting` requests waited (not in `requests`)
     bodies: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -114,6 +117,7 @@ class ScriptedServer:
         self._slots = threading.Semaphore(self.latency.slots) if self.latency.slots else None
         self._stopping = threading.Event()
         self._busy_s = 0.0  # total slot-seconds spent serving, for utilisation figures
+        self._active = 0  # requests being served or waiting for a slot
         self._httpd: ThreadingHTTPServer | None = None
 
     @property
@@ -147,15 +151,25 @@ class ScriptedServer:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length) or b"{}")
-                status, payload = server._handle(body)
+                if not server._admit():
+                    retry_after = server.latency.retry_after_s
+                    self._send(429, b'{"error": {"message": "too many requests waiting", "type": "rate_limit"}}',
+                               {"Retry-After": str(retry_after)} if retry_after is not None else {})
+                    return
+                try:
+                    status, payload = server._handle(body)
+                finally:
+                    server._leave()
                 if status is None:  # hang: hold the connection until the client gives up or we stop
                     server._stopping.wait()
                     return
                 self._send(status, payload)
 
-            def _send(self, status: int, payload: bytes) -> None:
+            def _send(self, status: int, payload: bytes, headers: dict[str, str] | None = None) -> None:
                 try:
                     self.send_response(status)
+                    for name, value in (headers or {}).items():
+                        self.send_header(name, value)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
@@ -235,6 +249,20 @@ class ScriptedServer:
                       "total_tokens": prompt_tokens + completion_tokens},
         }
         return 200, json.dumps(payload).encode()
+
+    def _admit(self) -> bool:
+        """Count the request as active, unless `max_waiting` requests already wait for a slot (then a 429)."""
+        with self._lock:
+            limit = self.latency.max_waiting
+            if limit is not None and self._active >= (self.latency.slots or 1) + limit:
+                self.counters.rate_limited += 1
+                return False
+            self._active += 1
+            return True
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._active -= 1
 
     def _serve_for(self, seconds: float) -> None:
         if self._slots is None:
