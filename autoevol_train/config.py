@@ -21,7 +21,7 @@ from pydantic_core import to_jsonable_python
 
 from autoevol_train.errors import ConfigError, InputError
 
-__all__ = ["InputError", "ConfigError", "StrictModel", "load_config", "apply_overrides", "dump_config", "parse_config",
+__all__ = ["InputError", "ConfigError", "StrictModel", "read_yaml", "load_config", "apply_overrides", "dump_config", "parse_config",
            "commented_yaml"]
 
 
@@ -177,17 +177,27 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> 
     return data
 
 
-def load_config(cls: type[T], path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> T:
-    """Read a YAML file, apply command-line overrides, validate as `cls`."""
+def read_yaml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """A YAML file that holds a mapping (a config, a recipe), or one line naming the file and what is wrong:
+    missing, not UTF-8, a syntax error (line, column and the parser's message), not a mapping."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
+        raise ConfigError(f"{path}: no such {what}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path.name}: not UTF-8 text (byte offset {exc.start})") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path.name}: {_yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path.name}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_config(cls: type[T], path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> T:
+    """Read a YAML file, apply command-line overrides, validate as `cls`."""
+    path = Path(path)
+    data = read_yaml(path)
     apply_overrides(data, list(overrides), path.name)
     return parse_config(cls, data, path.name, path.parent)
 

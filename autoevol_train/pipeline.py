@@ -25,7 +25,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from autoevol_train.config import InputError, StrictModel, parse_config
+from autoevol_train.config import ConfigError, InputError, StrictModel, parse_config, read_yaml
 from autoevol_train.eval.run import EvalConfig, run_eval
 from autoevol_train.evol.evolve import EvolveConfig, run_evolve
 from autoevol_train.evol.optimize import OptimizeConfig, run_optimize
@@ -146,16 +146,10 @@ class PipelineConfig(StrictModel):
 
 
 def _stage_file(config_dir: Path, section: str, file: Any) -> dict[str, Any]:
-    path = config_dir / str(file)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"{section}.file: {path}: no such file") from None
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{section}.file: {path}: invalid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{section}.file: {path}: expected a mapping of {section} keys")
-    return data
+        return read_yaml(config_dir / str(file), "file")
+    except ConfigError as exc:
+        raise ValueError(f"{section}.file: {exc}") from None
 
 
 def _merged(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

@@ -160,6 +160,11 @@ OTHER_CASES = {
     "pipeline_no_evolve_section": (["run", "p.yaml"], {"p.yaml": "arms: [{name: seed, method: none}]\n"},
                                    "p.yaml: evolve: required key is missing"),
     "train_recipe_missing": (["train", "nope.yaml"], {}, "nope.yaml: no such recipe"),
+    "train_recipe_yaml_syntax": (["train", "sft.yaml"], {"sft.yaml": "model_name_or_path: m\nlearning_rate: [1\n"},
+                                 "sft.yaml: invalid YAML at line 3, column 1: expected ',' or ']'"),
+    "pipeline_stage_file_yaml_syntax": (["run", "p.yaml"], {"p.yaml": "evolve: {file: evolve.yaml}\n",
+                                                            "evolve.yaml": "seeds: {path: s.jsonl\n"},
+                                        "p.yaml: evolve.file: evolve.yaml: invalid YAML at line 2, column 1"),
 }
 
 

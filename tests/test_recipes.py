@@ -81,7 +81,8 @@ def test_filters_per_arm_are_applied_and_counted(scripted_server, tmp_path):
                  {"name": "unfiltered", "method": "initial", "evolve": {"failures": {"elimination": False, **no_f}}}],
         "evolve": {"seeds": {"path": str(seeds), "format": "alpaca"}, "domain": "chat",
                    "decontam": {"enabled": False}, "dedup": {"exact": False, "near": False},
-                   "llm": {"evol": {"model": "scripted", "base_urls": [server.base_url], "max_concurrency": 4}}}})
+                   "llm": {"evol": {"model": "scripted", "base_urls": [server.base_url], "max_concurrency": 4,
+                                    "preflight": "off"}}}})  # the rule scripts every request
     run_pipeline(config, tmp_path / "run")
 
     filters = json.loads((tmp_path / "run" / "filters.json").read_text())

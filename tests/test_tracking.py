@@ -43,8 +43,8 @@ def trackio_store(trackio_dir: Path, project: str) -> dict[str, dict]:
 
 
 def pipeline_config(tmp_path: Path, shared_data: Path, base_url: str, report_to: str) -> Path:
-    roles = {"evol": {"model": "evol-model", "base_urls": [base_url], "max_concurrency": 64},
-             "optimizer": {"model": "optimizer-model", "base_urls": [base_url]}}
+    roles = {"evol": {"model": "evol-model", "base_urls": [base_url], "max_concurrency": 64, "preflight": "off"},
+             "optimizer": {"model": "optimizer-model", "base_urls": [base_url], "preflight": "off"}}  # scripted
     seeds = {"path": str(shared_data / "gsm8k" / "train.jsonl")}
     config = {"arms": [{"name": "seed", "method": "none"}, {"name": "auto-evol", "method": "optimized"}],
               "optimize": {"seeds": seeds, "llm": roles, "pool_size": 200, "trajectory_rounds": 2, "steps": 3},

@@ -11,17 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
 
-from autoevol_train.config import InputError
+from autoevol_train.config import InputError, read_yaml
 
 DEFAULT_ACCELERATE_CONFIG = "recipes/accelerate_configs/deepspeed_zero3.yaml"
 
 
 def _read_recipe(config_path: Path) -> dict:
-    if not Path(config_path).is_file():
-        raise InputError(f"{config_path}: no such recipe")
-    return yaml.safe_load(Path(config_path).read_text()) or {}
+    return read_yaml(config_path, "recipe")
 
 
 def training_command(config_path: Path, script_args: list[str]) -> list[str]:

@@ -30,7 +30,7 @@ import yaml
 from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, SFTConfig, TrlParser
 from trl.scripts.utils import DatasetConfig
 
-from autoevol_train.config import InputError
+from autoevol_train.config import InputError, read_yaml
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 SHIPPED_TEMPLATES = ("mistral", "codellama", "deepseek-coder", "vicuna")
@@ -105,13 +105,7 @@ def make_parser() -> TrlParser:
 
 def read_recipe(config_path: Path) -> dict:
     """The recipe's YAML mapping (not yet checked)."""
-    try:
-        recipe = yaml.safe_load(Path(config_path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise InputError(f"{config_path}: cannot read the recipe: {exc}") from exc
-    if not isinstance(recipe, dict):
-        raise InputError(f"{config_path}: a recipe is a YAML mapping of SFTConfig/ModelConfig/script keys")
-    return recipe
+    return read_yaml(config_path, "recipe")
 
 
 def unknown_keys(keys: dict) -> str | None:
