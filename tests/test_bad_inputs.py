@@ -137,6 +137,10 @@ OTHER_CASES = {
     "config_wrong_type_override": (["evolve", "e.yaml", "--output-dir", "out", "rounds=many"],
                                    {"e.yaml": json.dumps(_evolve_config({"path": "s.jsonl"}))},
                                    "e.yaml: rounds: expected int, got 'many'"),
+    "api_key_env_unset": (["evolve", "e.yaml"], {"s.jsonl": SEEDS_OK, "e.yaml": json.dumps(_evolve_config(
+        {"path": "s.jsonl"}, llm={"evol": {"model": "m", "base_urls": [NOWHERE],
+                                           "api_key_env": "AUTOEVOL_TEST_KEY_NOBODY_SETS"}}))},
+        "AUTOEVOL_TEST_KEY_NOBODY_SETS"),
     "config_top_level_list": (["optimize", "o.yaml"], {"o.yaml": "- a\n- b\n"},
                               "o.yaml: expected a mapping at the top level, got list"),
     "method_file_missing": (["evolve", "e.yaml"], {"e.yaml": EVOLVE_WITH_METHOD, "s.jsonl": SEEDS_OK},
