@@ -62,6 +62,8 @@ class LLMClient:
         self._journal = journal
         self._slots = asyncio.Semaphore(config.max_concurrency)
         self._breaker = Breaker(role, config.model, config.breaker)
+        self._backoff = wait_exponential_jitter(multiplier=config.retry_initial_s, jitter=config.retry_initial_s,
+                                                max=60.0)
         self.stats = RoleStats()
 
     @property
@@ -97,34 +99,26 @@ class LLMClient:
     async def chat_one(self, messages: Messages, **overrides: Any) -> Completion:
         return (await self.chat(messages, n=1, **overrides))[0]
 
+    def _out_of_budget(self, state: RetryCallState) -> bool:
+        unreachable = state.outcome is not None and isinstance(state.outcome.exception(), UnreachableError)
+        budget = min(self.config.max_retries, UNREACHABLE_RETRIES) if unreachable else self.config.max_retries
+        return state.attempt_number > budget
+
+    def _wait(self, state: RetryCallState) -> float:
+        """Exponential back-off; for a busy endpoint a short flat wait (its adaptive limit was cut, and that
+        limit slows the client down); the server's Retry-After when it asks for longer."""
+        exc = state.outcome.exception() if state.outcome is not None else None
+        busy = isinstance(exc, BusyError)
+        own = self.config.retry_initial_s * (1 + random.random()) if busy else self._backoff(state)
+        retry_after = exc.retry_after if isinstance(exc, RetryableError) and exc.retry_after else 0.0
+        return max(own, min(retry_after, MAX_RETRY_AFTER_S))
+
     async def _request(self, messages: Messages, sampling: Sampling, n: int) -> list[Completion]:
         """n completions, or n labelled failures. Each outcome goes to the breaker, which raises `CircuitOpen`
         here (and before every retry of every request of the role) once it opens."""
         attempts = 0
-
-        def out_of_budget(state: RetryCallState) -> bool:
-            unreachable = state.outcome is not None and isinstance(state.outcome.exception(), UnreachableError)
-            budget = min(self.config.max_retries, UNREACHABLE_RETRIES) if unreachable else self.config.max_retries
-            return state.attempt_number > budget
-
-        backoff = wait_exponential_jitter(multiplier=self.config.retry_initial_s, jitter=self.config.retry_initial_s,
-                                          max=60.0)
-
-        def wait(state: RetryCallState) -> float:
-            """Exponential back-off; for a busy endpoint a short flat wait (its adaptive limit was cut, and that
-            limit slows the client down); the server's Retry-After when it asks for longer."""
-            exc = state.outcome.exception() if state.outcome is not None else None
-            busy = isinstance(exc, BusyError)
-            own = self.config.retry_initial_s * (1 + random.random()) if busy else backoff(state)
-            retry_after = exc.retry_after if isinstance(exc, RetryableError) and exc.retry_after else 0.0
-            return max(own, min(retry_after, MAX_RETRY_AFTER_S))
-
-        retrying = AsyncRetrying(
-            stop=out_of_budget,
-            wait=wait,
-            retry=retry_if_exception_type(RetryableError),
-            reraise=True,
-        )
+        retrying = AsyncRetrying(stop=self._out_of_budget, wait=self._wait,
+                                 retry=retry_if_exception_type(RetryableError), reraise=True)
         try:
             async for attempt in retrying:
                 with attempt:
