@@ -74,11 +74,17 @@ def _model_dir(config: Config, context: EvalContext) -> str:
 
 
 def _task_manager(config: Config) -> Any:
+    """lm-eval's task index with the configured include path; every configured task must be in it."""
     from lm_eval.tasks import TaskManager
 
     if config.include_path and not Path(config.include_path).is_dir():
         raise InputError(f"lm_harness.include_path: {config.include_path}: no such directory")
-    return TaskManager(include_path=config.include_path)
+    manager = TaskManager(include_path=config.include_path)
+    unknown = [task for task in config.tasks if not manager.match_tasks([task])]
+    if unknown:
+        raise InputError(f"lm_harness.tasks: unknown lm-eval task(s) {unknown} (include_path: "
+                         f"{config.include_path or 'none'})")
+    return manager
 
 
 def _evaluate(config: Config, model_dir: str) -> dict[str, Any]:
@@ -88,10 +94,6 @@ def _evaluate(config: Config, model_dir: str) -> dict[str, Any]:
     from lm_eval.api.registry import get_model
 
     manager = _task_manager(config)
-    unknown = [task for task in config.tasks if not manager.match_tasks([task])]
-    if unknown:
-        raise InputError(f"lm_harness.tasks: unknown lm-eval task(s) {unknown} (include_path: "
-                         f"{config.include_path or 'none'})")
     model = get_model(config.backend).create_from_arg_obj(
         {"pretrained": model_dir, **config.model_args}, {"batch_size": config.batch_size, "device": config.device})
     by_shots: dict[int | None, list[str]] = {}
