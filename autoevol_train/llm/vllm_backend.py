@@ -21,6 +21,9 @@ class VLLMBackend:
         from vllm import LLM  # heavy: only imported when a role asks for this backend
 
         self._llm = LLM(model=config.model, dtype=config.dtype, **config.engine_kwargs)
+        # vLLM applies the model's generation_config.json only to requests without SamplingParams; its repetition
+        # penalty (e.g. the fetched SmolLM2's, against greedy loops) is kept here, the role decides the rest.
+        self._repetition_penalty = self._llm.get_default_sampling_params().repetition_penalty
         self._where = config.model
         self._max_batch = config.max_concurrency
         self._queue: asyncio.Queue | None = None
@@ -65,7 +68,7 @@ class VLLMBackend:
 
         params = [
             SamplingParams(n=n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=s.seed,
-                           stop=list(s.stop) or None)
+                           stop=list(s.stop) or None, repetition_penalty=self._repetition_penalty)
             for _, s, n, _ in batch
         ]
         outputs = self._llm.chat([m for m, *_ in batch], sampling_params=params, use_tqdm=False)
