@@ -24,12 +24,13 @@ from typing import Any
 import pytest
 
 from autoevol_train import models
+from autoevol_train.data.reader import load_prompt
 from autoevol_train.data.writers import load_written_dataset
 from autoevol_train.eval import alpaca_eval, gsm8k, humaneval, mt_bench
 from autoevol_train.evol.attempt import evolve_once, evolve_text
 from autoevol_train.evol.evolve import EvolveConfig, run_evolve
 from autoevol_train.evol.failures import FailureRules, check_evolution
-from autoevol_train.evol.methods import evol_instruct_methods, initial_method, load_prompt
+from autoevol_train.evol.methods import evol_instruct_methods, initial_method
 from autoevol_train.evol.parse import extract_evolved
 from autoevol_train.llm.client import LLMPool
 from autoevol_train.llm.types import OpenAIRole
@@ -101,7 +102,7 @@ async def _collect(url: str, shared_data: Path) -> dict[str, list[dict[str, Any]
 
     async with LLMPool({"model": role}) as pool:
         model = pool["model"]
-        system = {"role": "system", "content": load_prompt("responder_chat")}
+        system = {"role": "system", "content": load_prompt("evol", "responder_chat.txt")}
 
         async def evol_instruct(i: int, instruction: str) -> dict[str, Any]:
             method = methods[i % len(methods)]
@@ -126,7 +127,7 @@ async def _collect(url: str, shared_data: Path) -> dict[str, list[dict[str, Any]
         evolutions = await asyncio.gather(*(evol_instruct(i, s) for i, s in enumerate(instructions)))
         results = await asyncio.gather(
             asyncio.gather(*(initial(s) for s in instructions[:4])),
-            asyncio.gather(*(answer([{"role": "system", "content": load_prompt(f"responder_{domain}")},
+            asyncio.gather(*(answer([{"role": "system", "content": load_prompt("evol", f"responder_{domain}.txt")},
                                      {"role": "user", "content": text}])
                              for domain, text in [("chat", instructions[0]), ("chat", instructions[1]),
                                                   ("math", questions[0]["question"]),
