@@ -53,6 +53,7 @@ def serving_rates(model: Path) -> dict[str, float]:
     outputs = llm.chat([[{"role": "user", "content": p}] for p in PROMPTS],
                        SamplingParams(max_tokens=64, min_tokens=64, temperature=0.0), use_tqdm=False)
     vllm_rate = sum(len(o.outputs[0].token_ids) for o in outputs) / (time.perf_counter() - started)
+    llm.llm_engine.engine_core.shutdown()  # else the engine's core process keeps the script from exiting
     return {"transformers_tokens_per_s": transformers_rate, "vllm_tokens_per_s": vllm_rate, "vllm_build_s": build}
 
 
