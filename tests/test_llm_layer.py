@@ -183,7 +183,7 @@ def test_endpoints_are_balanced_by_load(scripted_server):
 def test_adaptive_limit_shrinks_under_429s_and_grows_back_with_spare_capacity(scripted_server):
     """An API that rejects requests beyond 4 waiting for its 4 slots: the endpoint's limit is cut below the
     role's ceiling and nothing is lost; once the server takes more, the limit grows again."""
-    server = scripted_server(latency=LatencyModel(median_s=0.01, slots=4, max_waiting=4, retry_after_s=0.01))
+    server = scripted_server(latency=LatencyModel(median_s=0.05, slots=4, max_waiting=4, retry_after_s=0.01))
     config = OpenAIRole(model="m", base_urls=[server.base_url], max_concurrency=64, max_retries=30,
                         retry_initial_s=0.01)
 
@@ -197,7 +197,9 @@ def test_adaptive_limit_shrinks_under_429s_and_grows_back_with_spare_capacity(sc
                                                        lambda i: client.chat_one(ask(1, i)), max_in_flight=64)]
             crowded = await burst(0)
             after_429s, cuts = limit.limit, limit.cuts
-            server.latency.max_waiting = None  # the server now queues whatever it gets
+            # The server now has spare capacity: it queues whatever it gets and serves fifty times faster (its
+            # latency falls below the baseline the limit has learnt).
+            server.latency.max_waiting, server.latency.median_s = None, 0.001
             spare = await burst(300)
             return crowded + spare, after_429s, cuts, limit.limit
 
@@ -208,7 +210,7 @@ def test_adaptive_limit_shrinks_under_429s_and_grows_back_with_spare_capacity(sc
     assert after_spare > after_429s
 
     # adaptive_concurrency: false keeps max_concurrency fixed, whatever the server answers.
-    server.latency.max_waiting = 4
+    server.latency.max_waiting, server.latency.median_s = 4, 0.05
     fixed = config.model_copy(update={"adaptive_concurrency": False})
 
     async def fixed_run():

@@ -13,6 +13,7 @@ import asyncio
 import errno
 import json
 import socket
+import time
 
 import openai
 
@@ -75,7 +76,7 @@ class OpenAIBackend:
             for url in self._urls
         ]
         self._adaptive = config.adaptive_concurrency
-        self.limits = [EndpointLimit(config.max_concurrency) for _ in self._urls]
+        self.limits = [EndpointLimit(config.max_concurrency, config.adaptive_concurrency) for _ in self._urls]
         self._freed = asyncio.Event()
         self._turn = 0
 
@@ -100,7 +101,9 @@ class OpenAIBackend:
         where = self._urls[index]
         limit = self.limits[index]
         ticket = limit.start()
-        answered = congested = False
+        sent = time.monotonic()
+        latency: float | None = None
+        congested = False
         try:
             response = await self._clients[index].chat.completions.create(
                 model=self._model, messages=messages, n=n, temperature=sampling.temperature,
@@ -128,9 +131,9 @@ class OpenAIBackend:
         except (openai.APIResponseValidationError, json.JSONDecodeError, ValueError) as exc:
             raise RetryableError(f"malformed response: {str(exc)[:200]}", where) from exc
         else:
-            answered = True
+            latency = time.monotonic() - sent
         finally:
-            limit.finish(ticket, answered, congested)
+            limit.finish(ticket, latency, congested)
             self._freed.set()
         choices = sorted(response.choices or [], key=lambda c: c.index)
         if len(choices) != n:

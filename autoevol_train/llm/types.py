@@ -188,8 +188,11 @@ class OpenAIRole(RoleBase):
                                  description="endpoints, balanced by requests in flight")
     api_key_env: str | None = Field(None, description="name of the environment variable holding the API key")
     timeout_s: PositiveFloat = Field(300.0, description="per-request timeout")
-    adaptive_concurrency: bool = Field(True, description="cut each endpoint's concurrency when it answers 429/503/"
-                                       "504 or times out, and let it grow back to max_concurrency")
+    max_concurrency: PositiveInt = Field(1024, description="ceiling of each endpoint's adaptive limit (with "
+                                         "adaptive_concurrency: false, the requests of this role in flight at once)")
+    adaptive_concurrency: bool = Field(True, description="each endpoint's concurrency starts low, grows while its "
+                                       "latency stays near its baseline, shrinks when latency inflates (a queue) or "
+                                       "it answers 429/503/504 or times out; max_concurrency is the ceiling")
     extra_body: dict[str, Any] = Field({}, description="extra request fields (e.g. top_k)")
 
     def api_key(self) -> str:

@@ -1,0 +1,122 @@
+"""The adaptive concurrency limit (limiter.py), fed by a discrete-event model of a server: `slots` decoding slots,
+requests beyond them queue (FIFO), optionally a 429 when more than `max_waiting` wait. Simulated time, seeded
+lognormal service times: deterministic, no wall clock. The same limit against the real HTTP path is in
+tests/test_llm_layer.py (scripted server)."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections import deque
+from dataclasses import dataclass, field
+
+from autoevol_train.llm.limiter import INITIAL, TOLERANCE, EndpointLimit
+
+
+@dataclass
+class Run:
+    answered: int = 0
+    rejected: int = 0
+    rejected_late: int = 0  # in the second half of the answers
+    answered_late: int = 0
+    busy_late: float = 0.0  # slot-seconds in the second half
+    late_from: float = 0.0
+    end: float = 0.0
+    limits: list[float] = field(default_factory=list)
+
+
+def simulate(limit: EndpointLimit, slots: int, answers: int, median: float = 1.0, sigma: float = 0.6,
+             max_waiting: int | None = None, outstanding: int | None = None, seed: int = 0) -> Run:
+    """Send whenever the limit has room (and fewer than `outstanding` are out: a stage with little work) until
+    `answers` requests were answered."""
+    rng = random.Random(seed)
+    events: list[tuple[float, int, str, int, float]] = []  # (time, order, kind, ticket, sent at)
+    order = itertools.count()
+    queue: deque[tuple[int, float]] = deque()
+    busy, now, run = 0, 0.0, Run()
+
+    def serve(ticket: int, sent: float) -> None:
+        service = median * rng.lognormvariate(0.0, sigma)
+        if run.answered >= answers // 2:
+            run.busy_late += service
+        heapq.heappush(events, (now + service, next(order), "done", ticket, sent))
+
+    while run.answered < answers:
+        while limit.room >= 1 and (outstanding is None or limit.in_flight < outstanding):
+            ticket = limit.start()
+            if busy < slots:
+                busy += 1
+                serve(ticket, now)
+            elif max_waiting is not None and len(queue) >= max_waiting:
+                heapq.heappush(events, (now + 0.001, next(order), "429", ticket, now))
+            else:
+                queue.append((ticket, now))
+        now, _, kind, ticket, sent = heapq.heappop(events)
+        late = run.answered >= answers // 2
+        if kind == "429":
+            run.rejected += 1
+            run.rejected_late += late
+            limit.finish(ticket, None, congested=True)
+        else:
+            run.answered += 1
+            run.answered_late += late
+            if run.answered == answers // 2:
+                run.late_from = now
+            limit.finish(ticket, now - sent, congested=False)
+            busy -= 1
+            if queue:
+                busy += 1
+                serve(*queue.popleft())
+        run.limits.append(limit.limit)
+    run.end = now
+    return run
+
+
+def late_utilisation(run: Run, slots: int) -> float:
+    return run.busy_late / (slots * (run.end - run.late_from))
+
+
+def test_limit_starts_low_and_grows_to_fill_a_big_server():
+    """256 slots, a ceiling of 1024: from INITIAL the limit grows past the slot count (slow start, then the
+    gradient), keeps every slot busy, and stops well below the ceiling (a small queue, not 1024)."""
+    limit = EndpointLimit(1024)
+    run = simulate(limit, slots=256, answers=20_000)
+    assert run.limits[0] <= INITIAL + 1
+    assert 256 <= limit.limit <= 2 * TOLERANCE * 256
+    assert late_utilisation(run, 256) >= 0.95
+
+
+def test_limit_shrinks_on_latency_inflation_at_a_small_server():
+    """8 slots that queue whatever they get (no 429s): slow start overshoots, latency inflates, the limit comes
+    back down to a few requests beyond the slots, which stay busy."""
+    limit = EndpointLimit(1024)
+    run = simulate(limit, slots=8, answers=5_000)
+    late = run.limits[len(run.limits) // 2:]
+    assert limit.cuts == 0 and max(run.limits) > max(late)
+    assert max(late) <= 2 * TOLERANCE * 8
+    assert late_utilisation(run, 8) >= 0.9
+
+
+def test_limit_shrinks_under_429s_and_keeps_them_rare():
+    """16 slots, 429 beyond 16 waiting: the limit is cut, and in the second half of the run under 2 % of
+    requests are rejected while the slots stay busy."""
+    limit = EndpointLimit(1024)
+    run = simulate(limit, slots=16, answers=10_000, max_waiting=16)
+    assert limit.cuts > 0 and run.rejected > 0
+    assert run.rejected_late / (run.rejected_late + run.answered_late) < 0.02
+    assert late_utilisation(run, 16) >= 0.9
+
+
+def test_limit_does_not_grow_when_the_stage_has_little_work_and_respects_the_ceiling():
+    idle = EndpointLimit(1024)
+    simulate(idle, slots=256, answers=2_000, outstanding=INITIAL // 2 - 1)
+    assert idle.limit == INITIAL  # the endpoint was never kept busy: nothing says it can take more
+
+    capped = EndpointLimit(24)
+    simulate(capped, slots=256, answers=2_000)
+    assert capped.limit == 24
+
+    fixed = EndpointLimit(64, adaptive=False)
+    run = simulate(fixed, slots=4, answers=500, max_waiting=4)
+    assert run.rejected > 0 and (fixed.limit, fixed.cuts) == (64, 0)
