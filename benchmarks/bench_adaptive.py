@@ -1,21 +1,24 @@
-"""Adaptive concurrency against a rate-limited server, in one run: the AIMD limit vs the same client with
-`adaptive_concurrency: false` (a fixed concurrency, exponential back-off on 429s), and a hand-tuned one.
+"""Adaptive concurrency with default settings (no `max_concurrency` given), in one run, against simulated
+servers of different capacity: 16, 64 and 256 slots (mean service time chosen so each serves 128 requests/s,
+which this machine's client can drive); a server that answers 429 when more than 16 requests wait for its 16
+slots; and two endpoints of 16 and 128 slots behind one role.
 
-The server is the scripted OpenAI-compatible server (a test double) with `slots` decoding slots and lognormal
-service times; it answers 429 (no Retry-After, like many APIs) when more than `max_waiting` requests wait for a
-slot. The client is a role with `max_concurrency` set far too high (256): the case adaptive concurrency is for.
-Reported: 429s as a share of all HTTP requests, over the run and after its first `--warmup` seconds; requests
-lost (none may be); slot utilisation (busy slot-seconds / (slots x wall)).
+The servers are the scripted OpenAI-compatible server (a test double) with `slots` decoding slots and lognormal
+service times (sigma 0.6). Reported per row: slot utilisation over the whole run (busy slot-seconds /
+(slots x wall), start and drain included), the limit each endpoint ends at, 429s as a share of HTTP requests
+over the run and after its first `--warmup` seconds, requests lost (none may be).
 
-    python benchmarks/bench_adaptive.py [--requests 3000] [--slots 16] [--max-waiting 16] [--median 0.2]
+    python benchmarks/bench_adaptive.py [--requests 6000] [--warmup 10]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from autoevol_train.llm.client import LLMPool
@@ -25,65 +28,77 @@ from autoevol_train.llm.types import OpenAIRole
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the scripted server is a test double: tests/support
 from tests.support.scripted_server import LatencyModel, ScriptedServer  # noqa: E402
 
+SIGMA = 0.6
 
-async def run(server: ScriptedServer, requests: int, ceiling: int, adaptive: bool, warmup_s: float) -> dict:
-    config = OpenAIRole(model="scripted", base_urls=[server.base_url], max_concurrency=ceiling,
-                        adaptive_concurrency=adaptive)
+
+def server_model(slots: int, mean_s: float, max_waiting: int | None = None, seed: int = 0) -> LatencyModel:
+    return LatencyModel(median_s=mean_s / math.exp(SIGMA**2 / 2), sigma=SIGMA, slots=slots, seed=seed,
+                        max_waiting=max_waiting)
+
+
+async def drive(servers: list[ScriptedServer], requests: int, warmup_s: float, fixed: int | None) -> dict:
+    config = OpenAIRole(model="scripted", base_urls=[s.base_url for s in servers], preflight="off")
+    if fixed is not None:
+        config = config.model_copy(update={"max_concurrency": fixed, "adaptive_concurrency": False})
     snapshot: dict[str, int] = {}
+
+    def counts() -> tuple[int, int]:
+        return (sum(s.counters.requests for s in servers), sum(s.counters.rate_limited for s in servers))
 
     async def after_warmup() -> None:
         await asyncio.sleep(warmup_s)
-        snapshot.update(requests=server.counters.requests, rate_limited=server.counters.rate_limited)
+        snapshot["requests"], snapshot["rate_limited"] = counts()
 
     async with LLMPool({"evol": config}) as pool:
         watcher = asyncio.ensure_future(after_warmup())
         start = time.monotonic()
         done = [c async for _, c in stream_map(
             range(requests), lambda i: pool["evol"].chat_one([{"role": "user", "content": f"q{i}"}]),
-            max_in_flight=2 * ceiling)]
+            max_in_flight=2048)]
         wall = time.monotonic() - start
         watcher.cancel()
-        final_limit = pool["evol"]._backend.limits[0].limit
-    total = server.counters.requests + server.counters.rate_limited
-    late_ok = server.counters.requests - snapshot.get("requests", server.counters.requests)
-    late_429 = server.counters.rate_limited - snapshot.get("rate_limited", server.counters.rate_limited)
-    return {"wall": wall, "lost": sum(not c.ok for c in done), "share_429": server.counters.rate_limited / total,
-            "late_share_429": late_429 / max(late_ok + late_429, 1), "busy": server.busy_seconds,
-            "limit": final_limit}
+        limits = [limit.limit for limit in pool["evol"]._backend.limits]
+    ok, rate_limited = counts()
+    late_ok = ok - snapshot.get("requests", ok)
+    late_429 = rate_limited - snapshot.get("rate_limited", rate_limited)
+    return {"wall": wall, "lost": sum(not c.ok for c in done), "share_429": rate_limited / (ok + rate_limited),
+            "late_share_429": late_429 / max(late_ok + late_429, 1), "limits": limits}
 
 
-def measure(args, ceiling: int, adaptive: bool) -> dict:
-    latency = LatencyModel(median_s=args.median, sigma=args.sigma, slots=args.slots, seed=args.seed,
-                           max_waiting=args.max_waiting)
-    with ScriptedServer(latency=latency, keep_bodies=False) as server:
-        result = asyncio.run(run(server, args.requests, ceiling, adaptive, args.warmup))
-    result["utilisation"] = result["busy"] / (args.slots * result["wall"])
+def measure(models: list[LatencyModel], requests: int, warmup_s: float, fixed: int | None = None) -> dict:
+    with ExitStack() as stack:
+        servers = [stack.enter_context(ScriptedServer(latency=m, keep_bodies=False)) for m in models]
+        result = asyncio.run(drive(servers, requests, warmup_s, fixed))
+        busy = sum(s.busy_seconds for s in servers)
+    result["utilisation"] = busy / (sum(m.slots for m in models) * result["wall"])
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--requests", type=int, default=3000)
-    parser.add_argument("--slots", type=int, default=16)
-    parser.add_argument("--max-waiting", type=int, default=16, help="429 beyond this many waiting")
-    parser.add_argument("--median", type=float, default=0.2, help="median service time (s)")
-    parser.add_argument("--sigma", type=float, default=0.6)
-    parser.add_argument("--ceiling", type=int, default=256, help="the role's max_concurrency (too high)")
+    parser.add_argument("--requests", type=int, default=6000)
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds before the 'after warm-up' share")
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    tuned = args.slots + args.max_waiting
-    rows = [(f"adaptive, max_concurrency {args.ceiling}", measure(args, args.ceiling, adaptive=True)),
-            (f"fixed, max_concurrency {args.ceiling}", measure(args, args.ceiling, adaptive=False)),
-            (f"fixed, hand-tuned {tuned}", measure(args, tuned, adaptive=False))]
-    print(f"{args.requests} requests; server: {args.slots} slots, 429 beyond {args.max_waiting} waiting, "
-          f"lognormal median {args.median}s sigma {args.sigma}")
-    print(f"| client (fixed = adaptive_concurrency: false) | wall (s) | 429s / requests | after {args.warmup:.0f} s | lost | final limit | "
-          "slot utilisation |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, r in rows:
-        print(f"| {name} | {r['wall']:.1f} | {r['share_429']:.3f} | {r['late_share_429']:.3f} | {r['lost']} | "
-              f"{r['limit']:.0f} | {r['utilisation']:.3f} |")
+    scenarios = [
+        ("16 slots, mean 0.125 s", [server_model(16, 0.125)]),
+        ("64 slots, mean 0.5 s", [server_model(64, 0.5)]),
+        ("256 slots, mean 2 s", [server_model(256, 2.0)]),
+        ("16 slots, mean 0.24 s, 429 beyond 16 waiting", [server_model(16, 0.24, max_waiting=16)]),
+        ("two endpoints: 16 + 128 slots, mean 1 s", [server_model(16, 1.0), server_model(128, 1.0, seed=1)]),
+    ]
+    print(f"{args.requests} requests per row; default settings (adaptive, max_concurrency 1024), then, as the "
+          f"reference on the same machine right after, a hand-tuned fixed concurrency of 1.5 x the slots "
+          f"(adaptive_concurrency: false); lognormal service times, sigma {SIGMA}")
+    print(f"| server | wall (s) | slot utilisation | final limit(s) | 429s / requests | after {args.warmup:.0f} s "
+          "| lost | hand-tuned: wall, utilisation | default ÷ hand-tuned |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, models in scenarios:
+        r = measure(models, args.requests, args.warmup)
+        tuned = measure(models, args.requests, args.warmup, fixed=round(1.5 * sum(m.slots for m in models)))
+        limits = " + ".join(f"{limit:.0f}" for limit in r["limits"])
+        print(f"| {name} | {r['wall']:.1f} | {r['utilisation']:.3f} | {limits} | {r['share_429']:.3f} | "
+              f"{r['late_share_429']:.3f} | {r['lost']} | {tuned['wall']:.1f}, {tuned['utilisation']:.3f} | "
+              f"{r['utilisation'] / tuned['utilisation']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

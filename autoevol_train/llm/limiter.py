@@ -4,16 +4,18 @@ of the concurrency-limits family (Netflix's Gradient/Vegas), plus a multiplicati
 Why latency: a server with free decoding slots answers a request in its service time whatever else is in
 flight; once every slot is busy, further requests queue and their latency grows. So the limit
 - starts low (`INITIAL`, below a small server's slots) until the first window of answers has measured the
-  baseline, then, in slow start, grows by one per answered request (doubling per round trip, as TCP does)
-  until a window's latency exceeds `TOLERANCE` times the baseline;
-- then, once per window (the next `max(MIN_WINDOW, limit / 4)` requests sent after the last change, averaged
-  once all are back: so a window measures the current limit, and not only its fastest answers), is multiplied by `TOLERANCE * baseline / window mean`, within [0.5, 1.5]: it grows while
-  latency stays near the baseline (free slots) and settles where latency is `TOLERANCE` times the baseline, i.e.
-  a small queue at the server that keeps every slot busy;
+  baseline, then, in slow start, grows by one per answered request (doubling per round trip, as TCP does; at
+  most `SLOW_START_GROWTH` times per window) until a window's latency exceeds `TOLERANCE` times the baseline;
+- then, once per window (the next `max(MIN_WINDOW, limit / 2)` requests sent after the last change, averaged
+  once `WINDOW_SHARE` of them are back: a window measures the current limit, and mostly not just its fastest
+  answers), is multiplied by `TOLERANCE * baseline / window mean`, within [0.5, 1.5]: it grows while latency
+  stays near the baseline (free slots) and settles where latency is `TOLERANCE` times the baseline, i.e. a small
+  queue at the server that keeps every slot busy;
 - is cut to `BACKOFF` times the requests in flight on 429/503/504 or a timeout, at most once per round trip
   (only a request sent after the last cut can cut again), which also ends slow start;
 - does not change after a window where the endpoint was not kept busy (the stage had fewer requests to give:
-  the window says nothing about the endpoint's capacity), and never exceeds the role's `max_concurrency`, the ceiling.
+  the window says nothing about the endpoint's capacity), and never exceeds the role's `max_concurrency`, the
+  ceiling.
 
 The baseline is the endpoint's latency without a queue: an average of the window means that are not inflated,
 moving down fast and up slowly. Not their minimum: window means are noisy (a lognormal service time of sigma 0.6
@@ -32,7 +34,8 @@ import math
 
 INITIAL = 8  # the first limit: below a small server's slots, so the baseline is measured without a queue
 TOLERANCE = 1.5  # settle where latency is this times the baseline: about half a service time of queue
-MIN_WINDOW = 16  # answers per window at least (more as the limit grows: a quarter of it)
+MIN_WINDOW = 16  # requests per window at least (more as the limit grows: half of it)
+SLOW_START_GROWTH = 4
 WINDOW_SHARE = 0.9  # a window ends when this share of its requests is back: not waiting for the slowest tail
 NEAR = 1.2  # only windows below this times the baseline move it (an EWMA: down fast, up slowly)
 BASELINE_DOWN = 0.5
@@ -80,7 +83,7 @@ class EndpointLimit:
             self.cuts += 1
             self.slow_start = False
         elif (self.slow_start and latency_s is not None and self.baseline < math.inf and self._busy()
-              and self.limit < 4 * self._window_limit):  # at most doubled per window: the window must catch up
+              and self.limit < SLOW_START_GROWTH * self._window_limit):  # a window's signal lags: bound overshoot
             self.limit = min(float(self.ceiling), self.limit + 1.0)
         if not self._window_from < ticket <= self._window_from + self._window_size:
             return
