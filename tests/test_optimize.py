@@ -281,8 +281,9 @@ def test_every_call_of_a_phase_is_in_flight_at_once(scripted_server, shared_data
         return rule(body, index)
 
     server = scripted_server(holding_rule)
+    # A fixed concurrency: the adaptive limit starts at 8 per endpoint and would cap what the stage puts in flight.
     config = make_config(server.base_url, shared_data / "gsm8k" / "train.jsonl", steps=1, dev_size=16,
-                         pool_size=40, batch_size=6, candidates=5)
+                         pool_size=40, batch_size=6, candidates=5, **{"llm.evol.adaptive_concurrency": False})
     run_optimize(config, tmp_path / "run")
     history = read_jsonl(tmp_path / "run" / "history.jsonl")
     evaluated = sum(r["candidate"] != "incumbent" and r["lambda"] is not None for r in history)
