@@ -82,7 +82,8 @@ def test_sigkill_at_random_points_then_resume_gives_identical_dataset(tmp_path, 
     config.write_text(yaml.safe_dump({
         "seeds": {"path": str(seeds)}, "domain": "chat", "method": "evol-instruct", "rounds": 2,
         "max_in_flight": 12, "records_per_part": 7, "rows_per_shard": 40, "decontam": {"enabled": False},
-        "llm": {"evol": {"model": "scripted", "base_urls": [server.base_url], "max_concurrency": 8}},
+        "llm": {"evol": {"model": "scripted", "base_urls": [server.base_url], "max_concurrency": 8,
+                         "preflight": "off"}},  # the rule scripts every request
     }))
     seconds = _run(config, tmp_path / "reference")
     reference = _outputs(tmp_path / "reference" / "dataset")

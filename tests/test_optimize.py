@@ -451,7 +451,8 @@ def test_evol_on_vllm_and_optimizer_on_another_server(vllm_server, scripted_serv
     config = OptimizeConfig.model_validate({
         "seeds": {"path": str(shared_data / "seeds" / "code_alpaca_2k.json"), "format": "code_alpaca"},
         "llm": {"evol": {"model": "tiny", "base_urls": [vllm_server], "max_tokens": 48, "stop": ["e"]},
-                "optimizer": {"model": "big", "base_urls": [optimizer.base_url]}},
+                "optimizer": {"model": "big", "base_urls": [optimizer.base_url],  # counts below: the loop's own
+                              "preflight": "off"}},
         "initial_method": "weak", "pool_size": 30, "dev_size": 8, "batch_size": 2, "trajectory_rounds": 1,
         "candidates": 3, "steps": 1,
     })
