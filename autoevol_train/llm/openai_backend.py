@@ -1,7 +1,7 @@
 """Backend for any OpenAI-compatible chat server (vLLM first), through the official `openai` client.
 
-Several base URLs are balanced by load: each request goes to the endpoint with the fewest requests in
-flight, so a slow server gets less work instead of a fixed share. The client's own retries are off; the
+Several base URLs are balanced by load: each request goes to the endpoint with the most room under its own
+adaptive limit (limiter.py), so a small or slow server gets less work instead of a fixed share. The client's own retries are off; the
 layer above retries with backoff, and this module only sorts failures: transient (`RetryableError`; a
 connection that cannot even be opened is `UnreachableError`), refused by the endpoint for every request
 (`EndpointRefusedError`: 401, 403, 404) and final for this request only (`FatalRequestError`: 400, 422).
