@@ -1,104 +1,134 @@
-"""Adaptive concurrency with default settings (no `max_concurrency` given), in one run, against simulated
-servers of different capacity: 16, 64 and 256 slots (mean service time chosen so each serves 128 requests/s,
-which this machine's client can drive); a server that answers 429 when more than 16 requests wait for its 16
-slots; and two endpoints of 16 and 128 slots behind one role.
+"""Adaptive concurrency with default settings (no `max_concurrency` given) against simulated servers, each row
+beside a hand-tuned fixed concurrency measured in the same run: issue #16's must-show rows.
 
-The servers are the scripted OpenAI-compatible server (a test double) with `slots` decoding slots and lognormal
-service times (sigma 0.6). Reported per row: slot utilisation over the whole run (busy slot-seconds /
-(slots x wall), start and drain included), the limit each endpoint ends at, 429s as a share of HTTP requests
-over the run and after its first `--warmup` seconds, requests lost (none may be).
+Work per row: the real `autoevol evolve` command as a subprocess (`--seeds` seeds x `--rounds` rounds, the
+initial method, answers on, filters off: an evol and a responder request per item and round, so 12,000 requests
+at the defaults). The servers are tests/support/sim_server.py (a test double, each in its own process: slots,
+lognormal service times sigma 0.6, vLLM's /metrics gauges unless the row models an API). Rows:
 
-    python benchmarks/bench_adaptive.py [--requests 6000] [--warmup 10]
+- 16, 64 and 256 slots (mean service time 0.125 / 0.5 / 2 s: 128 requests/s each, which this machine's client
+  can drive); the 64-slot row is also the issue's "mean 0.5 s, end to end >= 0.95" row;
+- 64 slots without /metrics: the latency path of the limiter;
+- an API: 16 slots at 0.125 s, 429 (Retry-After 1 s) when 16 already wait, no /metrics;
+- two endpoints of 16 and 128 slots at 1 s behind one role.
+
+Reported per row, default / hand-tuned: end-to-end slot utilisation = busy slot-seconds / (slots x the command's
+wall time, start-up and finish included); active = the same over the servers' first-to-last request; the
+server's mean queue; 429s as a share of HTTP requests after the first `--warmup` seconds; rows lost (dataset
+rows short of seeds x rounds). The hand-tuned reference is a fixed `max_concurrency` of 1.5 x the slots
+(`adaptive_concurrency: false`), not a sweep. The load average is printed per row: the machine is shared.
+
+    python benchmarks/bench_adaptive.py [--seeds 2000] [--rounds 3] [--rows 16,64,256,64-latency,429,16+128]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import math
+import json
+import os
+import subprocess
 import sys
+import tempfile
+import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from autoevol_train.llm.client import LLMPool
-from autoevol_train.llm.scheduler import stream_map
-from autoevol_train.llm.types import OpenAIRole
+import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the scripted server is a test double: tests/support
-from tests.support.scripted_server import LatencyModel, ScriptedServer  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the simulated server is a test double: tests/support
+from tests.support.sim_server import SimServer  # noqa: E402
 
-SIGMA = 0.6
+# name → servers as (slots, mean service time s, max_waiting, /metrics)
+ROWS: dict[str, list[tuple[int, float, int | None, bool]]] = {
+    "16": [(16, 0.125, None, True)],
+    "64": [(64, 0.5, None, True)],
+    "256": [(256, 2.0, None, True)],
+    "64-latency": [(64, 0.5, None, False)],
+    "429": [(16, 0.125, 16, False)],
+    "16+128": [(16, 1.0, None, True), (128, 1.0, None, True)],
+}
+LABELS = {"16": "16 slots, mean 0.125 s", "64": "64 slots, mean 0.5 s", "256": "256 slots, mean 2 s",
+          "64-latency": "64 slots, mean 0.5 s, no /metrics", "429": "API: 16 slots, 0.125 s, 429 beyond 16 waiting",
+          "16+128": "two endpoints, 16 + 128 slots, mean 1 s"}
 
 
-def server_model(slots: int, mean_s: float, max_waiting: int | None = None, seed: int = 0) -> LatencyModel:
-    return LatencyModel(median_s=mean_s / math.exp(SIGMA**2 / 2), sigma=SIGMA, slots=slots, seed=seed,
-                        max_waiting=max_waiting)
-
-
-async def drive(servers: list[ScriptedServer], requests: int, warmup_s: float, fixed: int | None) -> dict:
-    config = OpenAIRole(model="scripted", base_urls=[s.base_url for s in servers], preflight="off")
+def write_config(directory: Path, seeds: Path, urls: list[str], rounds: int, fixed: int | None) -> Path:
+    evol: dict = {"model": "sim", "base_urls": urls}
     if fixed is not None:
-        config = config.model_copy(update={"max_concurrency": fixed, "adaptive_concurrency": False})
-    snapshot: dict[str, int] = {}
-
-    def counts() -> tuple[int, int]:
-        return (sum(s.counters.requests for s in servers), sum(s.counters.rate_limited for s in servers))
-
-    async def after_warmup() -> None:
-        await asyncio.sleep(warmup_s)
-        snapshot["requests"], snapshot["rate_limited"] = counts()
-
-    async with LLMPool({"evol": config}) as pool:
-        watcher = asyncio.ensure_future(after_warmup())
-        start = time.monotonic()
-        done = [c async for _, c in stream_map(
-            range(requests), lambda i: pool["evol"].chat_one([{"role": "user", "content": f"q{i}"}]),
-            max_in_flight=2048)]
-        wall = time.monotonic() - start
-        watcher.cancel()
-        limits = [limit.limit for limit in pool["evol"]._backend.limits]
-    ok, rate_limited = counts()
-    late_ok = ok - snapshot.get("requests", ok)
-    late_429 = rate_limited - snapshot.get("rate_limited", rate_limited)
-    return {"wall": wall, "lost": sum(not c.ok for c in done), "share_429": rate_limited / (ok + rate_limited),
-            "late_share_429": late_429 / max(late_ok + late_429, 1), "limits": limits}
+        evol |= {"max_concurrency": fixed, "adaptive_concurrency": False}
+    config = {"seeds": {"path": str(seeds)}, "domain": "chat", "method": "initial", "rounds": rounds,
+              "decontam": {"enabled": False}, "dedup": {"exact": False, "near": False},
+              "failures": {"elimination": False}, "llm": {"evol": evol}}
+    path = directory / "evolve.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
-def measure(models: list[LatencyModel], requests: int, warmup_s: float, fixed: int | None = None) -> dict:
+def run_row(servers_spec: list[tuple[int, float, int | None, bool]], seeds: Path, args: argparse.Namespace,
+            fixed: int | None, workdir: Path) -> dict:
+    workdir.mkdir(parents=True)
     with ExitStack() as stack:
-        servers = [stack.enter_context(ScriptedServer(latency=m, keep_bodies=False)) for m in models]
-        result = asyncio.run(drive(servers, requests, warmup_s, fixed))
-        busy = sum(s.busy_seconds for s in servers)
-    result["utilisation"] = busy / (sum(m.slots for m in models) * result["wall"])
-    return result
+        servers = [stack.enter_context(SimServer(slots, mean, max_waiting=waiting, metrics=metrics, seed=i))
+                   for i, (slots, mean, waiting, metrics) in enumerate(servers_spec)]
+        config = write_config(workdir, seeds, [s.base_url for s in servers], args.rounds, fixed)
+        early: list[dict] = []
+        start = time.monotonic()
+        process = subprocess.Popen([sys.executable, "-m", "autoevol_train.cli", "evolve", str(config),
+                                    "--output-dir", str(workdir / "run")], cwd=ROOT, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        timer = threading.Timer(args.warmup, lambda: early.extend(s.stats() for s in servers))
+        timer.start()
+        out, err = process.communicate()
+        wall = time.monotonic() - start
+        timer.cancel()
+        if process.returncode != 0:
+            raise RuntimeError(f"autoevol evolve exited {process.returncode}: {err[-2000:]}")
+        stats = [s.stats() for s in servers]
+    early = early or [{"answered": 0, "rate_limited": 0}] * len(stats)
+    slots = sum(spec[0] for spec in servers_spec)
+    busy = sum(s["busy_s"] for s in stats)
+    first, last = min(s["first"] for s in stats), max(s["last"] for s in stats)
+    late_ok = sum(s["answered"] - e["answered"] for s, e in zip(stats, early))
+    late_429 = sum(s["rate_limited"] - e["rate_limited"] for s, e in zip(stats, early))
+    dataset = json.loads((Path(out.strip().splitlines()[-1]) / "stats.json").read_text())
+    lost = args.seeds * args.rounds - sum(dataset["rows"].values())
+    return {"wall": wall, "utilisation": busy / (slots * wall), "active": busy / (slots * (last - first)),
+            "queue": sum(s["queue_s"] for s in stats) / (last - first),
+            "late_429": late_429 / max(late_ok + late_429, 1),
+            "requests": sum(s["answered"] for s in stats), "lost": lost, "load": os.getloadavg()[0]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--requests", type=int, default=6000)
-    parser.add_argument("--warmup", type=float, default=10.0, help="seconds before the 'after warm-up' share")
+    parser.add_argument("--seeds", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=float, default=10.0, help="seconds before the late-429 share counts")
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of {', '.join(ROWS)}")
+    parser.add_argument("--no-reference", action="store_true", help="default settings only (while tuning)")
     args = parser.parse_args()
-    scenarios = [
-        ("16 slots, mean 0.125 s", [server_model(16, 0.125)]),
-        ("64 slots, mean 0.5 s", [server_model(64, 0.5)]),
-        ("256 slots, mean 2 s", [server_model(256, 2.0)]),
-        ("16 slots, mean 0.24 s, 429 beyond 16 waiting", [server_model(16, 0.24, max_waiting=16)]),
-        ("two endpoints: 16 + 128 slots, mean 1 s", [server_model(16, 1.0), server_model(128, 1.0, seed=1)]),
-    ]
-    print(f"{args.requests} requests per row; default settings (adaptive, max_concurrency 1024), then, as the "
-          f"reference on the same machine right after, a hand-tuned fixed concurrency of 1.5 x the slots "
-          f"(adaptive_concurrency: false); lognormal service times, sigma {SIGMA}")
-    print(f"| server | wall (s) | slot utilisation | final limit(s) | 429s / requests | after {args.warmup:.0f} s "
-          "| lost | hand-tuned: wall, utilisation | default ÷ hand-tuned |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, models in scenarios:
-        r = measure(models, args.requests, args.warmup)
-        tuned = measure(models, args.requests, args.warmup, fixed=round(1.5 * sum(m.slots for m in models)))
-        limits = " + ".join(f"{limit:.0f}" for limit in r["limits"])
-        print(f"| {name} | {r['wall']:.1f} | {r['utilisation']:.3f} | {limits} | {r['share_429']:.3f} | "
-              f"{r['late_share_429']:.3f} | {r['lost']} | {tuned['wall']:.1f}, {tuned['utilisation']:.3f} | "
-              f"{r['utilisation'] / tuned['utilisation']:.2f} |", flush=True)
+    print(f"`autoevol evolve`, {args.seeds} seeds x {args.rounds} rounds ({2 * args.seeds * args.rounds} requests); "
+          f"default settings vs a fixed max_concurrency of 1.5 x slots; load average at start "
+          f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    print(f"| server | requests | default: wall s, end to end, active, mean queue, 429s after {args.warmup:.0f} s, rows lost "
+          "| hand-tuned: wall s, end to end, active | default ÷ hand-tuned | load |")
+    print("|---|---:|---|---|---:|---:|")
+    with tempfile.TemporaryDirectory() as tmp:
+        seeds = Path(tmp) / "seeds.jsonl"
+        seeds.write_text("".join(json.dumps({"instruction": f"Write a short note about topic {i}."}) + "\n"
+                                 for i in range(args.seeds)))
+        for name in args.rows.split(","):
+            spec = ROWS[name]
+            r = run_row(spec, seeds, args, None, Path(tmp) / name / "default")
+            line = (f"| {LABELS[name]} | {r['requests']} | {r['wall']:.1f}, **{r['utilisation']:.3f}**, "
+                    f"{r['active']:.3f}, {r['queue']:.1f}, {100 * r['late_429']:.2f} %, lost {r['lost']}")
+            if args.no_reference:
+                print(f"{line} | | | {r['load']:.2f} |", flush=True)
+                continue
+            t = run_row(spec, seeds, args, round(1.5 * sum(s[0] for s in spec)), Path(tmp) / name / "fixed")
+            print(f"{line} | {t['wall']:.1f}, {t['utilisation']:.3f}, {t['active']:.3f} | "
+                  f"{r['utilisation'] / t['utilisation']:.3f} | {r['load']:.2f}, {t['load']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""The adaptive limit on the real HTTP path (OpenAIBackend → scripted OpenAI-compatible server, a test double
-with decoding slots): default settings, no concurrency given. Structural checks only; throughput figures are in
+"""The adaptive limit on the real HTTP path (OpenAIBackend → the scripted OpenAI-compatible server, or the
+simulated one in its own process with vLLM's /metrics; both test doubles with decoding slots): default
+settings, no concurrency given. Structural checks only; throughput figures are in
 benchmarks/bench_adaptive.py."""
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ import asyncio
 from autoevol_train.llm.client import LLMPool
 from autoevol_train.llm.limiter import INITIAL
 from autoevol_train.llm.scheduler import stream_map
+from autoevol_train.llm.server_metrics import metrics_url, parse_queue
 from autoevol_train.llm.types import OpenAIRole
 from tests.support.scripted_server import LatencyModel
+from tests.support.sim_server import SimServer
 
 
 def ask(i: int) -> list[dict[str, str]]:
@@ -48,3 +51,43 @@ def test_two_endpoints_of_different_capacity_each_get_their_own_limit(scripted_s
     assert len(done) == 1000 and all(c.ok for c in done)
     assert big_limit.limit > 2 * small_limit.limit
     assert big.counters.requests > 3 * small.counters.requests
+
+
+VLLM_METRICS = """# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="m"} 30.0
+vllm:num_requests_running{engine="1",model_name="m"} 34.0
+# HELP vllm:num_requests_waiting Number of requests waiting to be processed.
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="m"} 2.0
+vllm:num_requests_waiting{engine="1",model_name="m"} 1.0
+vllm:num_requests_waiting_by_reason{engine="0",model_name="m",reason="capacity"} 2.0
+"""
+
+
+def test_server_queue_is_read_from_vllm_gauges():
+    assert metrics_url("http://h:8000/v1") == metrics_url("http://h:8000/v1/") == "http://h:8000/metrics"
+    assert parse_queue(VLLM_METRICS) == (64.0, 3.0)  # summed over engines; the by-reason gauge is not counted
+    assert parse_queue("# an exporter of something else\nhttp_requests_total 5\n") is None
+
+
+def test_limit_steers_on_the_queue_of_a_server_with_metrics():
+    """A simulated vLLM-like server (its own process) with 16 slots and /metrics: the limit is steered by its
+    queue, grows past the slots (doubling from INITIAL), and ends within a small queue of them; nothing lost."""
+    with SimServer(slots=16, mean_s=0.15, sigma=0.3) as server:
+        config = OpenAIRole(model="sim", base_urls=[server.base_url], preflight="off")
+        done, (limit,) = run(config, 600)
+        stats = server.stats()
+    assert len(done) == 600 and all(c.ok for c in done)
+    assert limit.queue_steered and limit.cuts == 0
+    assert 16 <= limit.limit <= 16 + 8
+    assert stats["answered"] == 600
+
+
+def test_a_server_without_metrics_is_asked_once_and_latency_steers():
+    """An API without /metrics (404): the monitor stops after its first poll, the latency gradient steers."""
+    with SimServer(slots=16, mean_s=0.15, sigma=0.3, metrics=False) as server:
+        config = OpenAIRole(model="sim", base_urls=[server.base_url], preflight="off")
+        done, (limit,) = run(config, 400)
+    assert len(done) == 400 and all(c.ok for c in done)
+    assert not limit.queue_steered and limit.baseline < 1.0 and limit.limit > INITIAL

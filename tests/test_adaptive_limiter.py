@@ -11,7 +11,7 @@ import random
 from collections import deque
 from dataclasses import dataclass, field
 
-from autoevol_train.llm.limiter import INITIAL, TOLERANCE, EndpointLimit
+from autoevol_train.llm.limiter import INITIAL, PROBE_WINDOWS, QUEUE_MIN, TOLERANCE, EndpointLimit
 
 
 @dataclass
@@ -24,17 +24,21 @@ class Run:
     late_from: float = 0.0
     end: float = 0.0
     limits: list[float] = field(default_factory=list)
+    waiting: list[int] = field(default_factory=list)  # the server's queue at each poll
 
 
 def simulate(limit: EndpointLimit, slots: int, answers: int, median: float = 1.0, sigma: float = 0.6,
-             max_waiting: int | None = None, outstanding: int | None = None, seed: int = 0) -> Run:
+             max_waiting: int | None = None, outstanding: int | None = None, seed: int = 0,
+             poll_s: float | None = None) -> Run:
     """Send whenever the limit has room (and fewer than `outstanding` are out: a stage with little work) until
-    `answers` requests were answered."""
+    `answers` requests were answered. `poll_s`: the server exposes vLLM's gauges, read that often."""
     rng = random.Random(seed)
     events: list[tuple[float, int, str, int, float]] = []  # (time, order, kind, ticket, sent at)
     order = itertools.count()
     queue: deque[tuple[int, float]] = deque()
     busy, now, run = 0, 0.0, Run()
+    if poll_s is not None:
+        heapq.heappush(events, (poll_s, next(order), "poll", 0, 0.0))
 
     def serve(ticket: int, sent: float) -> None:
         service = median * rng.lognormvariate(0.0, sigma)
@@ -54,6 +58,11 @@ def simulate(limit: EndpointLimit, slots: int, answers: int, median: float = 1.0
                 queue.append((ticket, now))
         now, _, kind, ticket, sent = heapq.heappop(events)
         late = run.answered >= answers // 2
+        if kind == "poll":
+            limit.observe_queue(busy, len(queue))
+            run.waiting.append(len(queue))
+            heapq.heappush(events, (now + poll_s, next(order), "poll", 0, 0.0))
+            continue
         if kind == "429":
             run.rejected += 1
             run.rejected_late += late
@@ -120,3 +129,65 @@ def test_limit_does_not_grow_when_the_stage_has_little_work_and_respects_the_cei
     fixed = EndpointLimit(64, adaptive=False)
     run = simulate(fixed, slots=4, answers=500, max_waiting=4)
     assert run.rejected > 0 and (fixed.limit, fixed.cuts) == (64, 0)
+
+
+def test_server_queue_steers_the_limit_where_metrics_exist():
+    """The gauges of a vLLM server, one step at a time: nothing waits and the limit was reached → slow start
+    doubles it; a queue beyond twice the target → what of ours runs plus the target; a small queue → hold;
+    a limit the stage did not reach → no growth."""
+    limit = EndpointLimit(1024, initial=16)
+    tickets = [limit.start() for _ in range(16)]
+    limit.observe_queue(running=16, waiting=0)
+    assert limit.queue_steered and limit.limit == 32
+    tickets += [limit.start() for _ in range(16)]  # 32 in flight, the server runs 20 of them
+    limit.observe_queue(running=20, waiting=12)
+    assert limit.limit == 32 - 12 + QUEUE_MIN and not limit.slow_start
+    limit.observe_queue(running=20, waiting=QUEUE_MIN)  # the target queue: hold
+    assert limit.limit == 32 - 12 + QUEUE_MIN
+    for ticket in tickets:
+        limit.finish(ticket, 0.01, congested=False)  # latency says nothing once the queue steers
+    assert limit.limit == 32 - 12 + QUEUE_MIN
+    limit.start()
+    limit.observe_queue(running=1, waiting=0)  # free slots, but the stage sent only one request
+    assert limit.limit == 32 - 12 + QUEUE_MIN
+
+
+def test_server_queue_limit_fills_the_slots_with_a_small_queue():
+    """64 slots whose gauges are read every 0.5 s: from INITIAL the limit grows past the slots, then holds a
+    small queue (a few % of the slots), the slots stay busy, and no latency rule pulls it below them."""
+    limit = EndpointLimit(1024)
+    run = simulate(limit, slots=64, answers=20_000, median=0.5, poll_s=0.5)
+    late = run.limits[len(run.limits) // 2:]
+    assert limit.queue_steered and run.limits[0] <= INITIAL + 1
+    assert 64 <= min(late) and max(late) <= 64 * 1.25
+    assert sum(run.waiting[len(run.waiting) // 2:]) / len(run.waiting[len(run.waiting) // 2:]) <= 8
+    assert late_utilisation(run, 64) >= 0.97
+
+
+def keep_full(limit: EndpointLimit, latency: float, answers: int, out: deque) -> list[tuple[int, float]]:
+    """Keep the limit full, answer `answers` requests oldest first after `latency`; (windows since the last
+    cut, limit) after each."""
+    seen = []
+    for _ in range(answers):
+        while limit.room >= 1:
+            out.append(limit.start())
+        limit.finish(out.popleft(), latency, congested=False)
+        seen.append((limit._since_cut, limit.limit))
+    return seen
+
+
+def test_after_a_cut_the_limit_approaches_its_level_slowly():
+    """An API that said 429 at some level: without further 429s the limit comes back to just under that level
+    quickly (concave), stays under it for PROBE_WINDOWS windows although latency says "more", then probes past
+    it, by a little at first (convex), where without a cut it would grow by half per window."""
+    limit, out = EndpointLimit(1024), deque()
+    keep_full(limit, 1.0, 300, out)  # slow start: latency never inflates, the limit grows
+    limit.finish(out.popleft(), None, congested=True)
+    cut_at = limit.last_cut
+    assert cut_at is not None and limit.limit == cut_at * 0.9 and limit.cuts == 1
+    seen = keep_full(limit, 1.0, 12_000, out)
+    before_probe = [value for windows, value in seen if windows < PROBE_WINDOWS]
+    assert max(before_probe) <= cut_at - 1 and max(before_probe) >= cut_at - 2
+    assert max(value for windows, value in seen if windows == PROBE_WINDOWS) <= cut_at
+    assert max(value for windows, value in seen if windows < 2 * PROBE_WINDOWS) <= cut_at
+    assert limit.limit > cut_at  # probing again: a server that got faster is found

@@ -97,7 +97,8 @@ class EvolveConfig(StrictModel):
     max_request_error_share: float = Field(
         0.5, ge=0, le=1, description="the stage fails (exit 4) when more than this share of the seeds was lost "
         "to request errors: the endpoint failed, not the method")
-    max_in_flight: int = Field(256, ge=1, description="seeds being evolved at once (bounds memory)")
+    max_in_flight: int = Field(1024, ge=1, description="seeds being evolved at once (bounds memory; above a big "
+                               "server's slots, so the adaptive limit, not this, bounds the requests in flight)")
     records_per_part: int = Field(10000, ge=1, description="finished items per append-only part file")
     rows_per_shard: int = Field(50000, ge=1, description="rows per output parquet file")
     diversity_rows: int = Field(20000, ge=1, description="rows per set used for distinct-n statistics")

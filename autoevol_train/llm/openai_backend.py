@@ -1,7 +1,8 @@
 """Backend for any OpenAI-compatible chat server (vLLM first), through the official `openai` client.
 
 Several base URLs are balanced by load: each request goes to the endpoint with the most room under its own
-adaptive limit (limiter.py), so a small or slow server gets less work instead of a fixed share. The client's own retries are off; the
+adaptive limit (limiter.py; steered by the server's queue where it exposes vLLM's /metrics: server_metrics.py),
+so a small or slow server gets less work instead of a fixed share. The client's own retries are off; the
 layer above retries with backoff, and this module only sorts failures: transient (`RetryableError`; a
 connection that cannot even be opened is `UnreachableError`), refused by the endpoint for every request
 (`EndpointRefusedError`: 401, 403, 404) and final for this request only (`FatalRequestError`: 400, 422).
@@ -19,6 +20,7 @@ import openai
 
 from autoevol_train.errors import EndpointError
 from autoevol_train.llm.limiter import EndpointLimit
+from autoevol_train.llm.server_metrics import QueueMonitor
 from autoevol_train.llm.types import (BusyError, Completion, EndpointRefusedError, FatalRequestError, Messages,
                                       OpenAIRole, PreflightMode, RetryableError, Sampling, UnreachableError)
 
@@ -77,6 +79,7 @@ class OpenAIBackend:
         ]
         self._adaptive = config.adaptive_concurrency
         self.limits = [EndpointLimit(config.max_concurrency, config.adaptive_concurrency) for _ in self._urls]
+        self._queues = QueueMonitor(self._urls, self.limits, config.api_key()) if self._adaptive else None
         self._freed = asyncio.Event()
         self._turn = 0
 
@@ -101,6 +104,8 @@ class OpenAIBackend:
         where = self._urls[index]
         limit = self.limits[index]
         ticket = limit.start()
+        if self._queues is not None:
+            self._queues.wake(index)
         sent = time.monotonic()
         latency: float | None = None
         congested = False
@@ -192,5 +197,7 @@ class OpenAIBackend:
         return [model.id for model in page.data]
 
     async def aclose(self) -> None:
+        if self._queues is not None:
+            await self._queues.aclose()
         for client in self._clients:
             await client.close()

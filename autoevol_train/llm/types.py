@@ -190,8 +190,8 @@ class OpenAIRole(RoleBase):
     timeout_s: PositiveFloat = Field(300.0, description="per-request timeout")
     max_concurrency: PositiveInt = Field(1024, description="ceiling of each endpoint's adaptive limit (with "
                                          "adaptive_concurrency: false, the requests of this role in flight at once)")
-    adaptive_concurrency: bool = Field(True, description="each endpoint's concurrency starts low, grows while its "
-                                       "latency stays near its baseline, shrinks when latency inflates (a queue) or "
+    adaptive_concurrency: bool = Field(True, description="each endpoint's concurrency starts low and adapts: to the "
+                                       "server's queue where it exposes vLLM's /metrics, else to its latency; cut when "
                                        "it answers 429/503/504 or times out; max_concurrency is the ceiling")
     extra_body: dict[str, Any] = Field({}, description="extra request fields (e.g. top_k)")
 

@@ -1,0 +1,90 @@
+"""The server's own queue, from vLLM's Prometheus `/metrics`, for the adaptive limit (limiter.py).
+
+A vLLM server says how many requests it runs and how many wait (`vllm:num_requests_running`,
+`vllm:num_requests_waiting`, summed over its engines): a far better signal of spare capacity than latency. The
+monitor reads them from the endpoint the user configured (its base URL without `/v1`, plus `/metrics`): one
+task per endpoint, started with its first request, one GET every `POLL_S` and only while requests to it are in
+flight. An endpoint without those gauges (an API answering 404, a server of another kind) is asked once and
+then never again; a poll that fails on the network is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from autoevol_train.llm.limiter import EndpointLimit
+
+POLL_S = 0.5
+POLL_TIMEOUT_S = 2.0
+RUNNING, WAITING = "vllm:num_requests_running", "vllm:num_requests_waiting"
+
+
+def metrics_url(base_url: str) -> str:
+    """vLLM serves /metrics at the root, beside /v1."""
+    return base_url.rstrip("/").removesuffix("/v1") + "/metrics"
+
+
+def parse_queue(text: str) -> tuple[float, float] | None:
+    """(running, waiting) summed over every sample of the two gauges, None when either is absent."""
+    sums: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith("vllm:num_requests_"):
+            continue
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in (RUNNING, WAITING):
+            try:
+                sums[name] = sums.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+            except (IndexError, ValueError):
+                return None
+    if RUNNING not in sums or WAITING not in sums:
+        return None
+    return sums[RUNNING], sums[WAITING]
+
+
+class QueueMonitor:
+    """Feeds each endpoint's `EndpointLimit.observe_queue` from its /metrics (see the module doc)."""
+
+    def __init__(self, base_urls: list[str], limits: list[EndpointLimit], api_key: str):
+        self._urls = [metrics_url(url) for url in base_urls]
+        self._limits = limits
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key != "EMPTY" else {}
+        self._active = [asyncio.Event() for _ in base_urls]
+        self._tasks: list[asyncio.Task | None] = [None] * len(base_urls)
+        self._session: aiohttp.ClientSession | None = None
+
+    def wake(self, index: int) -> None:
+        """A request left for endpoint `index`: poll it (from its first request on, while any is in flight)."""
+        self._active[index].set()
+        if self._tasks[index] is None:
+            self._tasks[index] = asyncio.get_running_loop().create_task(self._poll(index))
+
+    async def _poll(self, index: int) -> None:
+        limit, active = self._limits[index], self._active[index]
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=POLL_TIMEOUT_S),
+                                                  trust_env=True)  # the proxy the environment names, as for chat
+        while True:
+            await asyncio.sleep(POLL_S)
+            if limit.in_flight == 0:
+                active.clear()
+                await active.wait()
+                continue
+            try:
+                async with self._session.get(self._urls[index], headers=self._headers) as response:
+                    queue = parse_queue(await response.text()) if response.status == 200 else None
+            except (aiohttp.ClientError, asyncio.TimeoutError, UnicodeDecodeError):
+                continue  # the server is busy or restarting: the next poll will tell
+            if queue is None:  # no vLLM gauges here: latency steers, and this endpoint is not asked again
+                limit.stop_queue_steering()
+                return
+            limit.observe_queue(*queue)
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in self._tasks if t is not None), return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
