@@ -1,5 +1,5 @@
-"""Client CPU per request, in one run: the LLM layer (journal off) vs the bare openai SDK vs bare aiohttp (the
-way vLLM's own benchmark client talks to a server), each sending the same chat requests at the same
+"""Client CPU per request, in one run: the LLM layer (journal off, and journal on) vs the bare openai SDK vs bare
+aiohttp (the way vLLM's own benchmark client talks to a server), each sending the same chat requests at the same
 concurrency to the scripted OpenAI-compatible server (a test double) running in a separate process, so that
 the figure is the client's CPU alone (`time.process_time` of this process).
 
@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -20,6 +22,7 @@ import aiohttp
 import openai
 
 from autoevol_train.llm.client import LLMPool
+from autoevol_train.llm.journal import Journal
 from autoevol_train.llm.scheduler import stream_map
 from autoevol_train.llm.types import OpenAIRole
 
@@ -38,12 +41,19 @@ async def bounded(requests: int, in_flight: int, one: Callable[[int], Awaitable[
     assert len(texts) == requests and all(texts)
 
 
-async def layer(url: str, requests: int, in_flight: int) -> None:
+async def layer(url: str, requests: int, in_flight: int, journal: Journal | None = None) -> None:
     config = OpenAIRole(model="m", base_urls=[url], max_concurrency=in_flight)
-    async with LLMPool({"evol": config}) as pool:
+    async with LLMPool({"evol": config}, journal) as pool:
         async def one(i: int) -> str:
             return (await pool["evol"].chat_one(message(i))).text
         await bounded(requests, in_flight, one)
+
+
+async def layer_with_journal(url: str, requests: int, in_flight: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        journal = Journal(Path(tmp) / "calls.sqlite")
+        await layer(url, requests, in_flight, journal)
+        journal.close()
 
 
 async def openai_sdk(url: str, requests: int, in_flight: int) -> None:
@@ -75,15 +85,17 @@ def main() -> None:
     try:
         url = server.stdout.readline().strip()
         rows = []
-        for name, client in (("autoevol LLM layer", layer), ("bare openai SDK", openai_sdk),
-                             ("bare aiohttp", bare_aiohttp)):
+        load = os.getloadavg()
+        for name, client in (("autoevol LLM layer", layer), ("autoevol LLM layer, journal on", layer_with_journal),
+                             ("bare openai SDK", openai_sdk), ("bare aiohttp", bare_aiohttp)):
             cpu, wall = time.process_time(), time.monotonic()
             asyncio.run(client(url, args.requests, args.in_flight))
             rows.append((name, time.process_time() - cpu, time.monotonic() - wall))
     finally:
         server.terminate()
         server.wait()
-    print(f"{args.requests} chat requests, {args.in_flight} in flight, scripted server in another process")
+    print(f"{args.requests} chat requests, {args.in_flight} in flight, scripted server in another process; "
+          f"load average before {load[0]:.1f}, after {os.getloadavg()[0]:.1f}")
     print("| client | CPU-s per 1,000 requests | wall (s) | vs aiohttp |")
     print("|---|---:|---:|---:|")
     floor = rows[-1][1]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -61,6 +61,7 @@ class LLMClient:
         self._backend = backend
         self._journal = journal
         self._slots = asyncio.Semaphore(config.max_concurrency)
+        self._sampling = config.sampling()  # built once: a call with overrides replaces fields of a copy
         self._breaker = Breaker(role, config.model, config.breaker)
         self._backoff = wait_exponential_jitter(multiplier=config.retry_initial_s, jitter=config.retry_initial_s,
                                                 max=60.0)
@@ -72,20 +73,24 @@ class LLMClient:
 
     async def chat(self, messages: Messages, *, n: int = 1, **overrides: Any) -> list[Completion]:
         """n samples for `messages`; `overrides` replace the role's sampling fields for this call."""
-        sampling = replace(self.config.sampling(), **overrides)
-        keys = [call_key(self.config.model, messages, sampling, i) for i in range(n)]
-        results = [self._journal.get(k) if self._journal is not None else None for k in keys]
-        missing = [i for i, got in enumerate(results) if got is None]
+        sampling = replace(self._sampling, **overrides) if overrides else self._sampling
+        journal = self._journal
+        if journal is not None:
+            keys = [call_key(self.config.model, messages, sampling, i) for i in range(n)]
+            results: list[Completion | None] = [journal.get(k) for k in keys]
+            missing = [i for i, got in enumerate(results) if got is None]
+        else:
+            results, missing = [None] * n, list(range(n))
         if missing:
             self._breaker.check()
             async with self._slots:
                 fresh = await self._request(messages, sampling, n)
-            request = {"messages": messages, "sampling": sampling.as_dict()}
+            request = {"messages": messages, "sampling": sampling.as_dict()} if journal is not None else {}
             for i in missing:
                 results[i] = fresh[i]
                 failed = fresh[i].error is not None and fresh[i].error.startswith("request_failed")
-                if self._journal is not None and not failed:
-                    self._journal.put(keys[i], self.role, self.config.model, {**request, "index": i}, fresh[i])
+                if journal is not None and not failed:
+                    journal.put(keys[i], self.role, self.config.model, {**request, "index": i}, fresh[i])
         self.stats.samples += n
         self.stats.cached_samples += n - len(missing)
         for i, completion in enumerate(results):
@@ -117,17 +122,21 @@ class LLMClient:
         """n completions, or n labelled failures. Each outcome goes to the breaker, which raises `CircuitOpen`
         here (and before every retry of every request of the role) once it opens."""
         attempts = 0
-        retrying = AsyncRetrying(stop=self._out_of_budget, wait=self._wait,
-                                 retry=retry_if_exception_type(RetryableError), reraise=True)
+
+        async def attempt() -> list[Completion]:
+            nonlocal attempts
+            self._breaker.check()
+            attempts += 1
+            if attempts > 1:
+                self.stats.retries += 1
+            self.stats.requests += 1
+            return await self._backend.generate(messages, sampling, n)
+
         try:
-            async for attempt in retrying:
-                with attempt:
-                    self._breaker.check()
-                    attempts += 1
-                    if attempts > 1:
-                        self.stats.retries += 1
-                    self.stats.requests += 1
-                    completions = await self._backend.generate(messages, sampling, n)
+            try:
+                completions = await attempt()  # most requests: no retry machinery built at all
+            except RetryableError as first:
+                completions = await self._retry(attempt, first)
         except RetryableError as exc:
             failure = f"gave up after {attempts} attempts: {exc}"
             self._breaker.record(failure, exc.where)
@@ -144,6 +153,23 @@ class LLMClient:
             self._breaker.record(failure)
         self._breaker.check()
         return [Completion.failed(failure) for _ in range(n)]
+
+    async def _retry(self, attempt: Callable[[], Awaitable[list[Completion]]], first: RetryableError
+                     ) -> list[Completion]:
+        """Attempts 2, 3, ... of a request whose first attempt failed transiently, paced by tenacity: the first
+        failure is replayed to it as attempt 1, so its stop and wait see the same states as if it had run
+        every attempt (building the retrier costs more than a whole request through aiohttp, so it is built
+        only when needed)."""
+        retrying = AsyncRetrying(stop=self._out_of_budget, wait=self._wait,
+                                 retry=retry_if_exception_type(RetryableError), reraise=True)
+        replayed = False
+        async for state in retrying:
+            with state:
+                if not replayed:
+                    replayed = True
+                    raise first
+                return await attempt()
+        raise AssertionError("tenacity ends by returning or raising")
 
 
 def _make_backend(config: RoleConfig) -> Backend:
@@ -214,8 +240,12 @@ class LLMPool:
         return sum(c.stats.prompt_tokens + c.stats.completion_tokens for c in self.clients.values())
 
     async def aclose(self) -> None:
+        """Close the backends and commit the journal's batched writes (the journal itself stays open: its
+        owner, e.g. `StageRun`, closes it)."""
         for _, backend, _ in self._backends:
             await backend.aclose()
+        if self.journal is not None:
+            self.journal.flush()
 
     async def __aenter__(self) -> "LLMPool":
         return self

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol, Union
 
@@ -37,7 +37,9 @@ class Sampling:
     stop: tuple[str, ...] = ()
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The fields as `dataclasses.asdict` gives them, without its recursive deep copy (on every call's key)."""
+        return {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens,
+                "seed": self.seed, "stop": self.stop}
 
 
 @dataclass
