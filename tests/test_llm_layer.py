@@ -280,6 +280,46 @@ def test_stream_map_has_no_barrier_and_bounds_items_in_flight():
     assert sum(not zero_done for _, zero_done in out) >= 17  # streamed to the consumer, not held for item 0
 
 
+def test_request_body_samples_and_usage_are_the_openai_sdks(scripted_server):
+    """The transport (aiohttp, not the SDK) sends what the SDK sent: unset fields left out, `extra_body` on top;
+    n samples come back in index order, usage counted once per response."""
+    server = scripted_server(lambda body, i: f"sample {i}")
+    config = OpenAIRole(model="m", base_urls=[server.base_url], stop=["###"], max_tokens=7, temperature=0.5,
+                        extra_body={"top_k": 5}, preflight="off")
+
+    async def main():
+        async with LLMPool({"evol": config}) as pool:
+            return await pool["evol"].chat(ask(3, 0), n=3), pool.usage()["evol"]
+
+    samples, usage = asyncio.run(main())
+    body = server.counters.bodies[0]
+    assert body == {"model": "m", "messages": ask(3, 0), "n": 3, "temperature": 0.5, "top_p": 1.0,
+                    "max_tokens": 7, "stop": ["###"], "top_k": 5}  # no seed: unset, as the SDK leaves it out
+    assert [c.text for c in samples] == ["sample 0", "sample 1", "sample 2"] and all(c.ok for c in samples)
+    assert samples[0].prompt_tokens == 3 and sum(c.prompt_tokens for c in samples) == 3
+    assert usage["completion_tokens"] == 6 == sum(c.completion_tokens for c in samples)
+
+
+def test_journal_answers_calls_before_their_commit_and_commits_them_on_flush(tmp_path):
+    """Writes are batched off the event loop: a call handed to the journal is answered at once, and is in the
+    database for any other reader once `flush` (or `close`) returns."""
+    from autoevol_train.llm.journal import call_key
+    from autoevol_train.llm.types import Completion, Sampling
+
+    journal = Journal(tmp_path / "calls.sqlite")
+    keys = [call_key("m", ask(1, i), Sampling(), 0) for i in range(100)]
+    for i, key in enumerate(keys):
+        journal.put(key, "evol", "m", {"messages": ask(1, i), "index": 0}, Completion(f"answer {i}", "stop"))
+    assert journal.get(keys[7]) == Completion("answer 7", "stop") and journal.get(keys[7]).cached
+    journal.flush()
+    other = Journal(tmp_path / "calls.sqlite")
+    assert len(other) == 100 and other.get(keys[99]).text == "answer 99"
+    journal.put("late", "evol", "m", {}, Completion("late answer", "stop"))
+    journal.close()
+    assert other.get("late").text == "late answer"
+    other.close()
+
+
 # --- kill -9 and resume ------------------------------------------------------------------------------------
 
 @pytest.mark.slow
