@@ -3,8 +3,9 @@
 A vLLM server says how many requests it runs and how many wait (`vllm:num_requests_running`,
 `vllm:num_requests_waiting`, summed over its engines): a far better signal of spare capacity than latency. The
 monitor reads them from the endpoint the user configured (its base URL without `/v1`, plus `/metrics`): one
-task per endpoint, started with its first request, one GET every `POLL_S` and only while requests to it are in
-flight. An endpoint without those gauges (an API answering 404, a server of another kind) is asked once and
+task per endpoint, started with its first request, one GET every `POLL_S` (five times as often during slow
+start, which doubles the limit per poll, so a big server is filled within about a second) and only while
+requests to it are in flight. An endpoint without those gauges (an API answering 404, a server of another kind) is asked once and
 then never again; a poll that fails on the network is skipped.
 """
 
@@ -66,7 +67,7 @@ class QueueMonitor:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=POLL_TIMEOUT_S),
                                                   trust_env=True)  # the proxy the environment names, as for chat
         while True:
-            await asyncio.sleep(POLL_S)
+            await asyncio.sleep(POLL_S / 5 if limit.slow_start else POLL_S)  # slow start doubles per poll
             if limit.in_flight == 0:
                 active.clear()
                 await active.wait()
