@@ -16,9 +16,9 @@ this process's CPU-seconds, and the 1-minute load average. The default's limit o
 the mean latency of the answers of each sample interval) is printed after the table and, with `--trace FILE`,
 written as JSON lines.
 
-    python benchmarks/bench_vllm_concurrency.py [--requests 1500] [--rounds 2] [--sweep 8,16,32,64,128,256]
+    python benchmarks/bench_vllm_concurrency.py [--requests 3000] [--rounds 2] [--sweep 8,16,32,64,128,256]
 
-(~8 minutes on the shared 2 cores; 4 in flight is slower still than 8 and is left out of the default sweep.)
+(~6 minutes on the shared 2 cores; 4 in flight is slower still than 8 and is left out of the default sweep.)
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def build_model(out: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--requests", type=int, default=1500, help="chat requests per row")
+    parser.add_argument("--requests", type=int, default=3000, help="chat requests per row")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--sweep", default="8,16,32,64,128,256", help="fixed max_concurrency values")
     parser.add_argument("--rounds", type=int, default=2, help="measure every row this many times, rotated")
