@@ -27,8 +27,13 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the scripted server is a test double: tests/support
-from benchmarks.bench_evolve import rule  # noqa: E402
+from benchmarks.bench_evolve import rule as evolve_rule  # noqa: E402
 from tests.support.scripted_server import LatencyModel, ScriptedServer  # noqa: E402
+
+
+def rule(body: dict, index: int) -> str:
+    """bench_evolve's answers, and one for the endpoint preflight's 1-token chat."""
+    return "Hello" if body["messages"][-1]["content"] == "Hi" else evolve_rule(body, index)
 
 
 class TimedServer(ScriptedServer):
@@ -66,14 +71,17 @@ def main() -> None:
         config = Path(tmp) / "evolve.yaml"
         config.write_text(yaml.safe_dump({
             "seeds": {"path": str(seeds)}, "domain": "chat", "method": "initial", "rounds": args.rounds,
-            "decontam": {"enabled": False}, "llm": {"evol": {"model": "scripted", "base_urls": [server.base_url]}},
+            "decontam": {"enabled": False}, "dedup": {"exact": False, "near": False},  # filters off
+            "llm": {"evol": {"model": "scripted", "base_urls": [server.base_url]}},
         }))
         load = os.getloadavg()
         start = time.time()
-        subprocess.run([sys.executable, "-m", "autoevol_train.cli", "evolve", str(config), "--output-dir",
-                        str(Path(tmp) / "run")], cwd=REPO, check=True, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(REPO)})
+        command = subprocess.run([sys.executable, "-m", "autoevol_train.cli", "evolve", str(config), "--output-dir",
+                                  str(Path(tmp) / "run")], cwd=REPO, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
         end = time.time()
+        if command.returncode != 0:
+            sys.exit(f"autoevol evolve failed ({command.returncode}): {command.stderr[-2000:]}")
         rows = len(json.loads((Path(tmp) / "run" / "dataset" / "stats.json").read_text())["statistics"])
     wall = end - start
     startup, first_work, finish = server.first_request - start, server.first_work - start, end - server.last_answer

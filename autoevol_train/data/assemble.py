@@ -134,16 +134,20 @@ class _Assembler:
             self.stats[name] = TextStats(self.spec.diversity_rows)
         self.stats[name].add(row["messages"])
 
-    def finish(self) -> dict[str, Any]:
+    def close_data(self) -> None:
+        """Close the data files: the parquet shards, rejects and contamination list."""
         if not self.writers:  # every row rejected: still a loadable (empty) dataset
             self.writers["train"] = ParquetShardWriter(self.out, "train", self.spec.rows_per_shard)
-        rows = {split: writer.rows for split, writer in self.writers.items()}
         for writer in self.writers.values():
             writer.close()
         self.rejects.close()
         self.contamination.close()
+
+    def describe(self, out: Path) -> dict[str, Any]:
+        """stats.json, the card and the plot, into `out` (the dataset, already in place): each written
+        atomically, the plot last (the slowest; the card refers to it)."""
+        rows = {split: writer.rows for split, writer in self.writers.items()}
         summaries = {name: stats.summary() for name, stats in self.stats.items()}
-        plot_stats(self.stats, self.out / "stats.png")
         summary = {
             "seeds": self.seeds, "rows": rows, "rejected": self.rejects.rows,
             "rejected_by_reason": dict(sorted(self.reasons.items())),
@@ -152,8 +156,11 @@ class _Assembler:
             "contaminated_rows_removed": dict(self.removed), "benchmark_items": self.decontaminator.items,
             "statistics": summaries, "load_report": self.spec.load_report,
         }
-        write_atomic(self.out / "stats.json", json.dumps(summary, indent=2) + "\n")
-        write_atomic(self.out / "README.md", self._card(summary))
+        write_atomic(out / "stats.json", json.dumps(summary, indent=2) + "\n")
+        write_atomic(out / "README.md", self._card(summary))
+        partial_plot = out / ".stats.partial.png"
+        plot_stats(self.stats, partial_plot)
+        partial_plot.replace(out / "stats.png")
         return summary
 
     def _card(self, summary: dict[str, Any]) -> str:
@@ -218,8 +225,10 @@ def assemble_dataset(part_dirs: Iterable[Path], dataset_dir: Path, spec: Assembl
     `decontaminator`: the benchmark index, when the caller built it already (the evolve stage does, before its
     LLM calls, so a benchmark that cannot be read fails the run at once, not after hours of calls).
 
-    Written into ``<dataset_dir>.partial`` and moved into place at the end, so a kill leaves either the
-    previous dataset or none, never half of one; re-running assembles again from the parts.
+    The data (parquet shards, rejects, contamination list) are written into ``<dataset_dir>.partial`` and
+    moved into place first, so a kill leaves either the previous dataset or none, never half of one; the
+    statistics, card and plot are written into the dataset after that (the run's manifest says `completed` only
+    once they are there; re-running assembles again from the parts).
     """
     partial = dataset_dir.with_name(dataset_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -229,8 +238,8 @@ def assemble_dataset(part_dirs: Iterable[Path], dataset_dir: Path, spec: Assembl
         for record in iter_in_order(list(part_dirs), partial / "scratch"):
             assembler.add(record)
             bar.update(1)
-    summary = assembler.finish()
+    assembler.close_data()
     shutil.rmtree(partial / "scratch", ignore_errors=True)
     shutil.rmtree(dataset_dir, ignore_errors=True)
     partial.replace(dataset_dir)
-    return summary
+    return assembler.describe(dataset_dir)

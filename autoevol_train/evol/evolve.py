@@ -33,7 +33,6 @@ from pydantic import Field, model_validator
 
 from autoevol_train.config import InputError, StrictModel, dump_config
 from autoevol_train.errors import ResultError
-from autoevol_train.data.assemble import AssemblySpec, assemble_dataset
 from autoevol_train.data.decontam import DecontamConfig, Decontaminator
 from autoevol_train.data.dedup import DedupConfig
 from autoevol_train.data.formats import LoadReport, SeedSource, iter_seed_rows
@@ -386,6 +385,8 @@ def _evolve_in(stage: StageRun, config: EvolveConfig, decontaminator: Decontamin
             run_dir.finish(llm_usage=usage, evolution=summary)
             return run_dir.path
         part_dirs = [run_dir.path / "parts"]
+    from autoevol_train.data.assemble import AssemblySpec, assemble_dataset  # pyarrow: not before the first request
+
     roles = _roles(config)
     methods = sorted({m.name for m in build_methods(config)}) or ["none (seed data)"]
     spec = AssemblySpec(

@@ -25,6 +25,7 @@ import json
 import socket
 import time
 import urllib.request
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -190,7 +191,7 @@ class OpenAIBackend:
         self._adaptive = config.adaptive_concurrency
         self.limits = [EndpointLimit(config.max_concurrency, config.adaptive_concurrency) for _ in self._endpoints]
         self._queues = QueueMonitor(list(config.base_urls), self.limits, api_key) if self._adaptive else None
-        self._freed = asyncio.Event()
+        self._waiting: deque[asyncio.Future[None]] = deque()  # requests waiting for room, first come first
         self._turn = 0
 
     def _pick(self) -> int:
@@ -203,13 +204,29 @@ class OpenAIBackend:
         return min(range(count), key=lambda i: (-self.limits[i].room, (i - self._turn) % count))
 
     async def _endpoint(self) -> int:
-        """An endpoint with room under its adaptive limit, waiting while every one is full."""
+        """An endpoint with room under its adaptive limit, waiting in line while every one is full."""
         index = self._pick()
         while self.limits[index].room < 1:
-            self._freed.clear()
-            await self._freed.wait()
+            turn = asyncio.get_running_loop().create_future()
+            self._waiting.append(turn)
+            try:
+                await turn
+            except asyncio.CancelledError:
+                if turn.done() and not turn.cancelled():
+                    self._wake()  # woken, then cancelled: the room it was woken for goes to the next in line
+                raise
             index = self._pick()
         return index
+
+    def _wake(self) -> None:
+        """Wake as many waiting requests as there is room now, in order: not every one of them (with a stage's
+        1,024 items in flight and a limit of 64, waking all on every answer cost more CPU than the requests)."""
+        room = sum(max(0, int(limit.room)) for limit in self.limits)
+        while room > 0 and self._waiting:
+            turn = self._waiting.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                room -= 1
 
     def _body(self, messages: Messages, sampling: Sampling, n: int) -> dict[str, Any]:
         """The request body the openai SDK would send (its unset fields left out, `extra_body` on top)."""
@@ -259,7 +276,7 @@ class OpenAIBackend:
             latency = time.monotonic() - sent
         finally:
             limit.finish(ticket, latency, congested)
-            self._freed.set()
+            self._wake()
         try:
             return _completions(raw, n)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
