@@ -30,6 +30,7 @@ from autoevol_train.eval.run import EvalConfig, run_eval
 from autoevol_train.evol.evolve import EvolveConfig, run_evolve
 from autoevol_train.evol.optimize import OptimizeConfig, run_optimize
 from autoevol_train.hub import check_can_push
+from autoevol_train.llm.engines import SharedEngines
 from autoevol_train.rundir import write_atomic
 from autoevol_train.stage import StageRun
 from autoevol_train.tracking import ReportTo, TrackerRun, trl_tracking
@@ -109,6 +110,9 @@ class PipelineConfig(StrictModel):
     evolve: EvolveConfig = Field(description="shared by every arm; the arm sets method / method_file")
     train: TrainStageConfig | None = None
     eval: EvalConfig | None = Field(None, description="the pipeline sets model.model to each arm's trained model")
+    share_engines: bool = Field(False, description="keep in-process engines (backend vllm / transformers) for the "
+                                "whole run: each distinct model is loaded once instead of once per stage, but holds "
+                                "its memory through training too (a CPU run, or training on devices of its own)")
     report_to: ReportTo = Field("none", description="experiment tracker of every stage and arm (one project named "
                                 "after the output directory; training: TRL's report_to): none, trackio or wandb")
 
@@ -295,11 +299,11 @@ def run_pipeline(config: PipelineConfig, output_dir: Path) -> Path:
     """Run every stage of every arm (skipping cached ones) and write the report; returns its path."""
     for target in (config.evolve.hub, config.eval.hub if config.eval else None):
         check_can_push(target)  # a missing HF_TOKEN fails now, not after optimize and training
-    with StageRun(output_dir, "run", config) as pipeline_run:
-        return _run_pipeline_in(pipeline_run, config)
+    with StageRun(output_dir, "run", config) as pipeline_run, SharedEngines() as engines:
+        return _run_pipeline_in(pipeline_run, config, engines if config.share_engines else None)
 
 
-def _run_pipeline_in(pipeline_run: StageRun, config: PipelineConfig) -> Path:
+def _run_pipeline_in(pipeline_run: StageRun, config: PipelineConfig, engines: SharedEngines | None) -> Path:
     from autoevol_train.report import build_report
 
     output_dir, run_dir = pipeline_run.path, pipeline_run.run_dir
@@ -310,6 +314,7 @@ def _run_pipeline_in(pipeline_run: StageRun, config: PipelineConfig) -> Path:
                           directory=output_dir)
 
     ran: dict[str, bool] = {}
+    started = time.monotonic()
 
     if config.tiny_model is not None:
         from autoevol_train.tiny_model import build_tiny_model
@@ -324,7 +329,7 @@ def _run_pipeline_in(pipeline_run: StageRun, config: PipelineConfig) -> Path:
         optimize_fp = _fingerprint("optimize", config.optimize.model_dump(mode="json"))
         stage = Stage(output_dir / "optimize", "optimize", optimize_fp)
         ran["optimize"] = stage.run(
-            lambda: run_optimize(config.optimize, stage.path, tracker_run("optimize", "optimize")), log)
+            lambda: run_optimize(config.optimize, stage.path, tracker_run("optimize", "optimize"), engines), log)
         best_method = stage.path / "best_method.txt"
 
     for arm in config.arms:
@@ -333,7 +338,7 @@ def _run_pipeline_in(pipeline_run: StageRun, config: PipelineConfig) -> Path:
                                  optimize_fp if arm.method == "optimized" else None)
         evolve = Stage(output_dir / arm.name / "evolve", f"{arm.name}/evolve", evolve_fp)
         ran[evolve.name] = evolve.run(
-            lambda: run_evolve(evolve_config, evolve.path, tracker_run(arm.name, evolve.name)), log)
+            lambda: run_evolve(evolve_config, evolve.path, tracker_run(arm.name, evolve.name), engines), log)
         if config.train is None:
             continue
         if _dataset_rows(evolve.path / "dataset") == 0:
@@ -362,10 +367,10 @@ def _run_pipeline_in(pipeline_run: StageRun, config: PipelineConfig) -> Path:
         eval_fp = _fingerprint("eval", eval_config.model_dump(mode="json"), train_fp)
         evaluation = Stage(output_dir / arm.name / "eval", f"{arm.name}/eval", eval_fp)
         ran[evaluation.name] = evaluation.run(
-            lambda: run_eval(eval_config, evaluation.path, tracker_run(arm.name, evaluation.name)), log)
+            lambda: run_eval(eval_config, evaluation.path, tracker_run(arm.name, evaluation.name), engines), log)
 
     _write_filters(output_dir, config, best_method)
-    report = build_report(output_dir, config)
+    report = build_report(output_dir, config, elapsed_s=time.monotonic() - started)
     run_dir.finish(stages_run=ran, report=str(report))
     log(f"report: {report}")
     return report

@@ -180,8 +180,46 @@ def _filters_table(output_dir: Path) -> str:
             "filter settings):</p>" + _table(["arm", "seeds", "rows"] + names, rows)) if rows else ""
 
 
-def build_report(output_dir: Path, config: PipelineConfig) -> Path:
-    """Write `report.html` (+ PNGs) into the pipeline's run directory; returns its path."""
+def _clip(text: Any, limit: int = 400) -> str:
+    text = "" if text is None else str(text)
+    return text if len(text) <= limit else text[:limit] + " […]"
+
+
+def _arm_examples(arm: str, output_dir: Path, per_kind: int = 2) -> str:
+    """Real text of one arm, to read beside its numbers: evolved rows (seed → evolved instruction → response),
+    one reject of each reason (what the evol LLM wrote), and the trained model's first answers."""
+    import pyarrow.parquet as pq
+
+    dataset = output_dir / arm / "evolve" / "dataset"
+    rows: list[list[Any]] = []
+    for shard in sorted((dataset / "data").glob("train-*.parquet"))[:1]:
+        for row in pq.read_table(shard).slice(0, per_kind).to_pylist():
+            turns = row["messages"]
+            rows.append([_clip(row["evolved_from"][0]) if row["evolved_from"] else "(the seed arm: not evolved)",
+                         _clip(turns[0]["content"]), _clip(turns[-1]["content"])])
+    parts = []
+    if rows:
+        parts.append(_table(["seed instruction", "evolved instruction", "response"], rows))
+    rejects, seen = [], set()
+    for reject in _read_jsonl(dataset / "rejects.jsonl"):
+        if reject["reason"] not in seen:
+            seen.add(reject["reason"])
+            rejects.append([reject["reason"], _clip(reject["instruction"]),
+                            _clip(reject.get("evol_output") or reject.get("error"))])
+    if rejects:
+        parts.append("<p>One reject of each reason (what the evol LLM wrote):</p>"
+                     + _table(["reason", "instruction", "evol LLM output"], rejects))
+    answers = [[_clip(r["instruction"]), _clip(r["output"])]
+               for r in _read_jsonl(output_dir / arm / "eval" / "alpaca_eval.jsonl")[:per_kind]]
+    if answers:
+        parts.append("<p>The trained model's answers (AlpacaEval-style instructions):</p>"
+                     + _table(["instruction", "answer"], answers))
+    return f"<h3>{html.escape(arm)}</h3>" + "".join(parts) if parts else ""
+
+
+def build_report(output_dir: Path, config: PipelineConfig, elapsed_s: float | None = None) -> Path:
+    """Write `report.html` (+ PNGs) into the pipeline's run directory; returns its path. `elapsed_s`: the wall time
+    of the `autoevol run` that writes it, model fetch included (stages it found completed cost nothing)."""
     output_dir = Path(output_dir)
     blocks: list[str] = [f"<h1>autoevol-train report: {html.escape(output_dir.name)}</h1>"]
     tiny = config.tiny_model is not None
@@ -189,6 +227,15 @@ def build_report(output_dir: Path, config: PipelineConfig) -> Path:
         blocks.append('<p class="note"><b>Tiny random model:</b> the text it produces is meaningless. This run '
                       "proves that every stage works end to end; point the recipe's roles at vLLM servers and "
                       "real models for real numbers.</p>")
+
+    if config.fetch_model is not None:
+        blocks.append(f'<p class="note"><b>{html.escape(config.fetch_model.name)}, a 135M-parameter model, plays '
+                      "every role</b> (evol LLM, optimizer, responder, judge) and is the base model trained. Its "
+                      "English is real, so every stage below shows real text and real rejects by reason; its skill "
+                      "is not: it often answers an instruction instead of rewriting it, does not keep a "
+                      "method's labels, gets arithmetic wrong and rarely keeps a judge's verdict format, and a "
+                      "few training steps on a few rows move no benchmark. Differences between the arms are "
+                      "noise here, not the paper's gains: point the same recipes at real models for those.</p>")
 
     stage_dirs: list[tuple[str, Path]] = []
     if (output_dir / "optimize").is_dir():
@@ -256,6 +303,10 @@ def build_report(output_dir: Path, config: PipelineConfig) -> Path:
     if data_blocks:
         blocks += ["<h2>Data</h2>", _filters_table(output_dir)] + data_blocks
 
+    examples = [_arm_examples(arm.name, output_dir) for arm in config.arms]
+    if any(examples):
+        blocks += ["<h2>Examples</h2>"] + examples
+
     # Training.
     curves = {arm.name: _loss_history(output_dir / arm.name / "train") for arm in config.arms}
     curves = {arm: points for arm, points in curves.items() if points}
@@ -273,6 +324,9 @@ def build_report(output_dir: Path, config: PipelineConfig) -> Path:
     if usage:
         blocks += ["<h2>Wall time and LLM usage per stage</h2>",
                    _table(["stage", "status", "wall (s)", "LLM requests", "tokens"], usage)]
+    if elapsed_s is not None:
+        blocks.append(f"<p><b>This <code>autoevol run</code> took {elapsed_s:.0f} s ({elapsed_s / 60:.1f} min)</b> "
+                      "from start to this report, model fetch included; stages it found completed took no time.</p>")
 
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>autoevol-train report</title>"
             f"<style>{_STYLE}</style></head><body>{''.join(blocks)}{_IMAGES_CHECK}</body></html>")

@@ -31,6 +31,7 @@ from pydantic import BaseModel
 
 from autoevol_train.errors import AutoevolError, InputError
 from autoevol_train.llm.client import LLMPool
+from autoevol_train.llm.engines import SharedEngines
 from autoevol_train.llm.journal import Journal
 from autoevol_train.llm.types import RoleConfig
 from autoevol_train.rundir import RunDir, write_atomic
@@ -51,7 +52,8 @@ def _files(path: Path) -> dict[str, tuple[int, int]]:
 class StageRun:
     """One attempt of one stage in its run directory; a context manager (see the module docstring)."""
 
-    def __init__(self, output_dir: str | Path, command: str, config: BaseModel, tracker_run: TrackerRun = TrackerRun()):
+    def __init__(self, output_dir: str | Path, command: str, config: BaseModel, tracker_run: TrackerRun = TrackerRun(),
+                 engines: SharedEngines | None = None):
         self.path = Path(output_dir)
         self.command = command
         self.config = config
@@ -59,6 +61,7 @@ class StageRun:
         self._before = _files(self.path)
         self._kept = {name: (self.path / name).read_bytes() for name in _BOOKKEEPING
                       if (self.path / name).is_file()}
+        self._engines = engines  # in-process engines the pipeline keeps across stages (llm/engines.py)
         self._pools: list[LLMPool] = []
         self._pool_opened = False
         self.run_dir: RunDir
@@ -128,7 +131,7 @@ class StageRun:
         self._pool_opened = True
         journal = Journal(self.run_dir.journal_path)
         try:
-            async with LLMPool(roles, journal) as pool:
+            async with LLMPool(roles, journal, self._engines) as pool:
                 self._pools.append(pool)
                 await pool.preflight()
                 yield pool

@@ -74,7 +74,8 @@ def test_vllm_server_through_journal_resumes_without_calls(vllm_server, tmp_path
 
 @pytest.mark.slow
 def test_vllm_offline_engine_backend(tiny_llama, tmp_path):
-    """vLLM's offline engine in a subprocess (it spawns workers; needs a __main__ guard)."""
+    """vLLM's offline engine in a subprocess (it spawns workers; needs a __main__ guard), kept for a second
+    stage as `autoevol run` does with `share_engines: true`."""
     script = HERE / "helpers" / "vllm_offline_probe.py"
     out = subprocess.run([sys.executable, str(script), str(tiny_llama), str(tmp_path / "probe.json")],
                          capture_output=True, text=True, timeout=600,
@@ -85,6 +86,8 @@ def test_vllm_offline_engine_backend(tiny_llama, tmp_path):
     assert result["seeded_equal"] and result["greedy_equal"]
     assert result["errors"]["truncated"] >= 1  # max_tokens cuts the random model's text: labelled
     assert result["too_long_error"].startswith("request_failed: vLLM engine")
+    # Kept across stages (share_engines): the next stage, on its own event loop, borrows the same engine.
+    assert result["next_stage_same_engine"] and result["next_stage_same_text"]
 
 
 # --- in-process transformers backend (the quickstart's default) ------------------------------------------

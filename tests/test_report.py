@@ -105,3 +105,36 @@ def test_report_is_one_self_contained_file_that_shows_its_images_anywhere(tmp_pa
     chromium(f"--screenshot={tmp_path / 'report.png'}", "--window-size=1200,2000", (elsewhere / "copy.html").as_uri(),
              profile=tmp_path / "profile")
     assert (tmp_path / "report.png").stat().st_size > 20_000
+
+
+def test_report_shows_real_text_of_every_arm_and_the_run_time(tmp_path):
+    """What a reader of the SmolLM2 quickstart's report sees beside the numbers: evolved rows, one reject of each
+    reason, the trained model's answers; what a 135M model can and cannot show; how long the run took."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    config = load_config(PipelineConfig, REPO / "recipes" / "quickstart" / "smollm2.yaml")
+    run = tmp_path / "run"
+    dataset = run / "auto-evol" / "evolve" / "dataset"
+    (dataset / "data").mkdir(parents=True)
+    messages = [[{"role": "user", "content": "Write a haiku about rain that names a city."},
+                 {"role": "assistant", "content": "Rain on Lisbon's roofs <soft>"}]]
+    pq.write_table(pa.table({"messages": messages, "evolved_from": [["Write a haiku about rain."]]}),
+                   dataset / "data" / "train-00000-of-00001.parquet")
+    rejects = [{"reason": "parse_failure", "instruction": "Add 2 and 3.", "evol_output": "The answer is 5."},
+               {"reason": "parse_failure", "instruction": "x", "evol_output": "y"},
+               {"reason": "evol_request_failed", "instruction": "Name a colour.", "evol_output": None,
+                "error": "request_failed: 500"}]
+    (dataset / "rejects.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rejects))
+    (run / "seed" / "eval").mkdir(parents=True)
+    (run / "seed" / "eval" / "alpaca_eval.jsonl").write_text(json.dumps(
+        {"instruction": "Give me a tip for sleeping well.", "output": "Keep a regular bedtime." + "z" * 900}) + "\n")
+
+    page = build_report(run, config, elapsed_s=331.4).read_text()
+    assert "a 135M-parameter model, plays every role" in page and "noise here, not the paper's gains" in page
+    assert "took 331 s (5.5 min)" in page
+    examples = page[page.index("<h2>Examples</h2>"):]
+    assert ("<td>Write a haiku about rain.</td><td>Write a haiku about rain that names a city.</td>"
+            "<td>Rain on Lisbon&#x27;s roofs &lt;soft&gt;</td>") in examples  # escaped once
+    assert examples.count("<td>parse_failure</td>") == 1 and "<td>request_failed: 500</td>" in examples
+    assert "<td>Keep a regular bedtime." in examples and "z" * 401 not in examples and " […]</td>" in examples

@@ -28,6 +28,7 @@ from autoevol_train.eval.records import (BenchmarkResult, EvalContext, EvalResul
                                          benchmark_label)
 from autoevol_train.eval.uncertainty import standard_error
 from autoevol_train.hub import HubTarget, check_can_push, folder_name, push_folder
+from autoevol_train.llm.engines import SharedEngines
 from autoevol_train.llm.types import RoleConfig
 from autoevol_train.rundir import write_atomic
 from autoevol_train.stage import StageRun
@@ -114,12 +115,14 @@ def results_table(results: EvalResults) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_eval(config: EvalConfig, output_dir: Path, tracker_run: TrackerRun | None = None) -> Path:
+def run_eval(config: EvalConfig, output_dir: Path, tracker_run: TrackerRun | None = None,
+             engines: SharedEngines | None = None) -> Path:
     """Evaluate `config.model` on every configured benchmark; returns the path of results.json."""
     check_can_push(config.hub)
     for section in config.sections():  # read every test set first: a bad file fails before any call (exit 2)
         list(BY_NAME[section.name].decontamination_texts(section))
-    with StageRun(output_dir, "eval", config, tracker_run or TrackerRun(config.report_to)) as stage:
+    with StageRun(output_dir, "eval", config, tracker_run or TrackerRun(config.report_to),
+                  engines) as stage:
         return _evaluate_in(stage, config)
 
 

@@ -45,6 +45,7 @@ from autoevol_train.evol.methods import (EvolvingMethod, evol_instruct_methods, 
 from autoevol_train.evol.records import EvolvedRow, ItemRecord, Reject
 from autoevol_train.hub import HubTarget, check_can_push, push_folder
 from autoevol_train.llm.client import LLMClient
+from autoevol_train.llm.engines import SharedEngines
 from autoevol_train.llm.scheduler import stream_map
 from autoevol_train.llm.types import Completion, RoleConfig
 from autoevol_train.progress import Progress
@@ -357,7 +358,8 @@ def _check_result(config: EvolveConfig, summary: dict[str, Any], rejects: Path) 
                           f"{breakdown}; {rejects})")
 
 
-def run_evolve(config: EvolveConfig, output_dir: Path, tracker_run: TrackerRun | None = None) -> Path:
+def run_evolve(config: EvolveConfig, output_dir: Path, tracker_run: TrackerRun | None = None,
+               engines: SharedEngines | None = None) -> Path:
     """Evolve (or, with merge_from, merge) and assemble; returns the dataset directory (or, for one shard of
     several, the shard's run directory, to be merged)."""
     output_dir = Path(output_dir)
@@ -365,7 +367,8 @@ def run_evolve(config: EvolveConfig, output_dir: Path, tracker_run: TrackerRun |
     check_can_push(config.hub)
     assembling = config.num_shards == 1 or bool(config.merge_from)
     decontaminator = Decontaminator(config.decontam) if assembling else None  # unreadable benchmarks fail now
-    with StageRun(output_dir, "evolve", config, tracker_run or TrackerRun(config.report_to)) as stage:
+    with StageRun(output_dir, "evolve", config, tracker_run or TrackerRun(config.report_to),
+                  engines) as stage:
         return _evolve_in(stage, config, decontaminator)
 
 

@@ -43,6 +43,7 @@ from autoevol_train.evol.methods import INSTRUCTION_LABEL, EvolvingMethod, fill,
 from autoevol_train.evol.records import DevRow, HistoryRow, best_so_far
 from autoevol_train.data.formats import SeedSource, iter_seed_rows
 from autoevol_train.llm.client import LLMClient, LLMPool
+from autoevol_train.llm.engines import SharedEngines
 from autoevol_train.llm.scheduler import map_in_order
 from autoevol_train.llm.types import Completion, RoleConfig, role_with_defaults
 from autoevol_train.progress import Progress
@@ -447,12 +448,14 @@ async def _optimize(config: OptimizeConfig, stage: StageRun, seeds: Seeds, start
     return state
 
 
-def run_optimize(config: OptimizeConfig, output_dir: Path, tracker_run: TrackerRun | None = None) -> Path:
+def run_optimize(config: OptimizeConfig, output_dir: Path, tracker_run: TrackerRun | None = None,
+                 engines: SharedEngines | None = None) -> Path:
     """Run (or resume) the loop in `output_dir`; returns the path of best_method.txt.
 
     Seeds and the starting method are checked before anything is written: bad input raises InputError."""
     seeds = _split_seeds(config)
     start = starting_method(config.initial_method)
-    with StageRun(output_dir, "optimize", config, tracker_run or TrackerRun(config.report_to)) as stage:
+    with StageRun(output_dir, "optimize", config, tracker_run or TrackerRun(config.report_to),
+                  engines) as stage:
         asyncio.run(_optimize(config, stage, seeds, start))
     return stage.path / "best_method.txt"

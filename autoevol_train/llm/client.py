@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
@@ -31,6 +31,9 @@ from autoevol_train.llm.journal import Journal, call_key
 from autoevol_train.llm.types import (Backend, BusyError, Completion, EndpointRefusedError, FatalRequestError,
                                       Messages, OpenAIRole, PreflightMode, RetryableError, RoleConfig, Sampling,
                                       TransformersRole, UnreachableError, VLLMRole)
+
+if TYPE_CHECKING:
+    from autoevol_train.llm.engines import SharedEngines
 
 UNREACHABLE_RETRIES = 2  # connection refused / DNS: a blip gets two quick retries, a dead server fails fast
 MAX_RETRY_AFTER_S = 300.0  # a longer Retry-After means the endpoint is down for now: the breaker's business
@@ -202,21 +205,27 @@ class LLMPool:
     `InputError`, a missing in-process model directory an `EndpointError`), then the backends are built
     (in-process models load here). `await pool.preflight()` then checks that every endpoint serves."""
 
-    def __init__(self, roles: dict[str, RoleConfig], journal: Journal | None = None):
+    def __init__(self, roles: dict[str, RoleConfig], journal: Journal | None = None,
+                 engines: SharedEngines | None = None):
         sharing: dict[str, list[str]] = {}  # backend identity → the roles that use it
         for role, config in roles.items():
             with _named(role):
                 config.check_environment()
             sharing.setdefault(config.backend_identity(), []).append(role)
         self._backends: list[tuple[str, Backend, PreflightMode | None]] = []
+        self._owned: list[Backend] = []  # closed with the pool; borrowed engines are closed by their owner
         backend_of: dict[str, Backend] = {}
         for names in sharing.values():
             label = ", ".join(names)
+            config = roles[names[0]]
+            borrowed = engines is not None and not isinstance(config, OpenAIRole)  # in-process: kept for the run
             with _named(label):
-                backend = _make_backend(roles[names[0]])
+                backend = engines.backend(config, _make_backend) if borrowed else _make_backend(config)
             modes = {roles[name].preflight for name in names}  # the most thorough check any of them asks for
             mode: PreflightMode | None = "full" if "full" in modes else "chat" if "chat" in modes else None
             self._backends.append((label, backend, mode))
+            if not borrowed:
+                self._owned.append(backend)
             backend_of.update(dict.fromkeys(names, backend))
         self.clients = {role: LLMClient(role, config, backend_of[role], journal) for role, config in roles.items()}
         self.journal = journal
@@ -240,9 +249,9 @@ class LLMPool:
         return sum(c.stats.prompt_tokens + c.stats.completion_tokens for c in self.clients.values())
 
     async def aclose(self) -> None:
-        """Close the backends and commit the journal's batched writes (the journal itself stays open: its
-        owner, e.g. `StageRun`, closes it)."""
-        for _, backend, _ in self._backends:
+        """Close the backends it owns (not engines borrowed from `SharedEngines`) and commit the journal's batched
+        writes (the journal itself stays open: its owner, e.g. `StageRun`, closes it)."""
+        for backend in self._owned:
             await backend.aclose()
         if self.journal is not None:
             self.journal.flush()

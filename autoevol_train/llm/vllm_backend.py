@@ -26,15 +26,19 @@ class VLLMBackend:
         self._repetition_penalty = self._llm.get_default_sampling_params().repetition_penalty
         self._where = config.model
         self._max_batch = config.max_concurrency
+        # Bound to the event loop that feeds them; a pipeline that keeps the engine (llm/engines.py) feeds it
+        # from each stage's own loop, so they are made anew when the loop changes.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue | None = None
         self._drainer: asyncio.Task | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vllm-engine")
 
     async def generate(self, messages: Messages, sampling: Sampling, n: int) -> list[Completion]:
-        if self._queue is None:
+        if self._loop is not asyncio.get_running_loop():
+            self._loop = asyncio.get_running_loop()
             self._queue = asyncio.Queue()
             self._drainer = asyncio.create_task(self._drain())
-        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future = self._loop.create_future()
         await self._queue.put((messages, sampling, n, future))
         return await future
 

@@ -1,19 +1,25 @@
 """Subprocess for the vLLM offline-engine test (vLLM spawns workers: it needs a real file and a main guard).
-Writes a JSON file with what the test asserts (vLLM logs to stdout)."""
+Writes a JSON file with what the test asserts (vLLM logs to stdout).
+
+The engine is built once and kept (`SharedEngines`, as `autoevol run` with `share_engines: true` does): a
+second "stage" on a new event loop, with a role of other sampling settings, borrows the same engine."""
 
 import asyncio
 import json
 import sys
 
 from autoevol_train.llm.client import LLMPool
+from autoevol_train.llm.engines import SharedEngines
 from autoevol_train.llm.types import VLLMRole
 
 
-async def main(model: str) -> dict:
-    config = VLLMRole(model=model, dtype="bfloat16", max_tokens=16, temperature=0.8,
-                    engine_kwargs={"enforce_eager": True, "enable_chunked_prefill": False,
-                                   "max_model_len": 512})
-    async with LLMPool({"evol": config}) as pool:
+def role(model: str, **sampling) -> VLLMRole:
+    return VLLMRole(model=model, dtype="bfloat16", engine_kwargs={"enforce_eager": True, "enable_chunked_prefill":
+                                                                 False, "max_model_len": 512}, **sampling)
+
+
+async def first_stage(model: str, engines: SharedEngines) -> dict:
+    async with LLMPool({"evol": role(model, max_tokens=16, temperature=0.8)}, engines=engines) as pool:
         client = pool["evol"]
         msgs = [[{"role": "user", "content": f"item {i}"}] for i in range(12)]
         batch = await asyncio.gather(*[client.chat(m, n=2, seed=i) for i, m in enumerate(msgs)])
@@ -24,9 +30,20 @@ async def main(model: str) -> dict:
         return {"n_samples": [len(b) for b in batch],
                 "seeded_equal": [c.text for c in batch[0]] == [c.text for c in again],
                 "greedy_equal": g1.text == g2.text, "errors": pool.usage()["evol"]["errors"],
-                "too_long_error": too_long.error}
+                "too_long_error": too_long.error, "greedy_text": g1.text, "engine": id(client._backend)}
+
+
+async def next_stage(model: str, engines: SharedEngines) -> dict:
+    async with LLMPool({"judge": role(model, max_tokens=16, temperature=0.0)}, engines=engines) as pool:
+        answer = await pool["judge"].chat_one([{"role": "user", "content": "item 1"}])
+        return {"greedy_text": answer.text, "engine": id(pool["judge"]._backend)}
 
 
 if __name__ == "__main__":
+    with SharedEngines() as engines:
+        first = asyncio.run(first_stage(sys.argv[1], engines))
+        second = asyncio.run(next_stage(sys.argv[1], engines))
+    result = {**first, "next_stage_same_engine": first.pop("engine") == second["engine"],
+              "next_stage_same_text": first.pop("greedy_text") == second["greedy_text"]}
     with open(sys.argv[2], "w") as out:
-        json.dump(asyncio.run(main(sys.argv[1])), out)
+        json.dump(result, out)
