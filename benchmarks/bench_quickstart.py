@@ -61,7 +61,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--skip-serving", action="store_true", help="only the quickstart's own timing")
     args = parser.parse_args()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # as the README's command runs: vLLM sizes its own threads
     with tempfile.TemporaryDirectory() as tmp:
         env["AUTOEVOL_MODELS_CACHE"] = str(Path(tmp) / "cache")
         load_before = os.getloadavg()[0]

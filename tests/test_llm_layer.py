@@ -88,6 +88,7 @@ def test_vllm_offline_engine_backend(tiny_llama, tmp_path):
     assert result["too_long_error"].startswith("request_failed: vLLM engine")
     # Kept across stages (share_engines): the next stage, on its own event loop, borrows the same engine.
     assert result["next_stage_same_engine"] and result["next_stage_same_text"]
+    assert result["engine_core"] == "InprocClient"  # engine_process: false, and nothing else is needed for it
 
 
 # --- in-process transformers backend (the quickstart's default) ------------------------------------------

@@ -215,6 +215,10 @@ class VLLMRole(RoleBase):
     backend: Literal["vllm"] = Field("vllm", description="vllm: vLLM's offline engine in this process")
     dtype: str = Field("auto", description="weight dtype")
     engine_kwargs: dict[str, Any] = Field({}, description="extra vllm.LLM(...) arguments")
+    engine_process: bool = Field(True, description="vLLM's engine core in a process of its own (vLLM's default); "
+                                 "false: in this process (vLLM's VLLM_ENABLE_V1_MULTIPROCESSING=0), which starts an "
+                                 "engine ~5x faster on CPU (SmolLM2-135M: 3.7 s instead of 18 s), at the same "
+                                 "tokens/s there")
 
     def check_environment(self) -> None:
         require_local_model(self.model)

@@ -9,6 +9,7 @@ server; for sharing a model between processes or machines, run `vllm serve` and 
 from __future__ import annotations
 
 import asyncio
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -16,11 +17,25 @@ from autoevol_train.llm.types import (Completion, FatalRequestError, Messages, P
                                       answer_one_token)
 
 
+_MULTIPROCESSING = "VLLM_ENABLE_V1_MULTIPROCESSING"
+
+
 class VLLMBackend:
     def __init__(self, config: VLLMRole):
         from vllm import LLM  # heavy: only imported when a role asks for this backend
 
-        self._llm = LLM(model=config.model, dtype=config.dtype, **config.engine_kwargs)
+        # vLLM reads its engine-process switch from the environment while it builds the engine: set for the build
+        # alone, it changes this engine and nothing else in the process.
+        previous = os.environ.get(_MULTIPROCESSING)
+        if not config.engine_process:
+            os.environ[_MULTIPROCESSING] = "0"
+        try:
+            self._llm = LLM(model=config.model, dtype=config.dtype, **config.engine_kwargs)
+        finally:
+            if previous is None:
+                os.environ.pop(_MULTIPROCESSING, None)
+            else:
+                os.environ[_MULTIPROCESSING] = previous
         # vLLM applies the model's generation_config.json only to requests without SamplingParams; its repetition
         # penalty (e.g. the fetched SmolLM2's, against greedy loops) is kept here, the role decides the rest.
         self._repetition_penalty = self._llm.get_default_sampling_params().repetition_penalty

@@ -1,4 +1,5 @@
-"""Subprocess for the vLLM offline-engine test (vLLM spawns workers: it needs a real file and a main guard).
+"""Subprocess for the vLLM offline-engine test (vLLM spawns workers: it needs a real file and a main guard),
+its engine core in this process (`engine_process: false`).
 Writes a JSON file with what the test asserts (vLLM logs to stdout).
 
 The engine is built once and kept (`SharedEngines`, as `autoevol run` with `share_engines: true` does): a
@@ -15,7 +16,8 @@ from autoevol_train.llm.types import VLLMRole
 
 def role(model: str, **sampling) -> VLLMRole:
     return VLLMRole(model=model, dtype="bfloat16", engine_kwargs={"enforce_eager": True, "enable_chunked_prefill":
-                                                                 False, "max_model_len": 512}, **sampling)
+                                                                 False, "max_model_len": 512},
+                    engine_process=False, **sampling)
 
 
 async def first_stage(model: str, engines: SharedEngines) -> dict:
@@ -30,7 +32,8 @@ async def first_stage(model: str, engines: SharedEngines) -> dict:
         return {"n_samples": [len(b) for b in batch],
                 "seeded_equal": [c.text for c in batch[0]] == [c.text for c in again],
                 "greedy_equal": g1.text == g2.text, "errors": pool.usage()["evol"]["errors"],
-                "too_long_error": too_long.error, "greedy_text": g1.text, "engine": id(client._backend)}
+                "too_long_error": too_long.error, "greedy_text": g1.text, "engine": id(client._backend),
+                "engine_core": type(client._backend._llm.llm_engine.engine_core).__name__}
 
 
 async def next_stage(model: str, engines: SharedEngines) -> dict:
