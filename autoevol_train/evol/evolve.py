@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -372,12 +373,23 @@ def run_evolve(config: EvolveConfig, output_dir: Path, tracker_run: TrackerRun |
         return _evolve_in(stage, config, decontaminator)
 
 
+def _import_assembly() -> None:
+    """Import what the assembly needs (pyarrow, matplotlib: about half a second of CPU) while the LLM phase
+    waits on the network, so that it is not spent between the last answer and the dataset."""
+    import matplotlib.backends.backend_agg  # noqa: F401  (savefig's canvas)
+    import matplotlib.figure  # noqa: F401
+
+    import autoevol_train.data.assemble  # noqa: F401
+
+
 def _evolve_in(stage: StageRun, config: EvolveConfig, decontaminator: Decontaminator | None) -> Path:
     run_dir = stage.run_dir
     if config.merge_from:
         part_dirs, load_report = _merge_sources(config)
         usage: dict[str, Any] = {}
     else:
+        if config.num_shards == 1:
+            threading.Thread(target=_import_assembly, name="import assembly", daemon=True).start()
         summary, report = asyncio.run(evolve_shard(config, stage))
         usage = summary.pop("llm_usage")
         load_report = report.as_dict()
