@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -274,3 +275,30 @@ def test_bad_arm_evolve_override_is_one_line_and_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == "autoevol run: error: pipeline.yaml: arm deep: evolve: roundz: unknown key (did you mean rounds?)"
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_smollm2_quickstart_shows_real_text_for_every_arm(clone, smollm2):
+    """The README's first command (the SmolLM2 quickstart) in the clean clone, on the real 135M instruct model: every
+    stage runs, real evolutions survive in the Evol-Instruct arm, and the report shows real English for every arm,
+    the run's time and what a 135M model can and cannot show. Its time is measured by bench_quickstart.py, not here."""
+    process = autoevol(clone, "run", "recipes/quickstart/smollm2.yaml", stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True)
+    out, err = process.communicate(timeout=1800)
+    assert process.returncode == 0, err[-4000:]
+    assert Path(out.strip().splitlines()[-1]) == Path("runs/quickstart-smollm2/report.html")
+    run = clone / "runs" / "quickstart-smollm2"
+    stages = records(run)
+    assert all(record["status"] == "completed" for record in stages.values())
+    assert {"optimize", "seed/eval", "evol-instruct/eval", "auto-evol/evolve"} <= set(stages)
+    numbers = final_numbers(run)
+    assert numbers["seed rows"] == {"train": 12} and numbers["evol-instruct rows"]["train"] >= 1
+    page = (run / "report.html").read_text()
+    assert "a 135M-parameter model, plays every role" in page
+    assert re.search(r"This <code>autoevol run</code> took \d+ s", page)
+    examples = page[page.index("<h2>Examples</h2>"):]
+    for arm in ("seed", "evol-instruct"):
+        block = examples[examples.index(f"<h3>{arm}</h3>"):]
+        answers = block[block.index("The trained model's answers"):].split("</table>")[0]
+        cells = re.findall(r"<tr><td>[^<]*</td><td>([^<]*)</td></tr>", answers)
+        assert cells and all(len(re.findall(r"[A-Za-z]{2,}", cell)) >= 3 for cell in cells), (arm, cells)
