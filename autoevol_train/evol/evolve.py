@@ -33,7 +33,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from autoevol_train.config import InputError, StrictModel, dump_config
-from autoevol_train.errors import ResultError
+from autoevol_train.errors import EndpointError, ResultError
 from autoevol_train.data.decontam import DecontamConfig, Decontaminator
 from autoevol_train.data.dedup import DedupConfig
 from autoevol_train.data.formats import LoadReport, SeedSource, iter_seed_rows
@@ -45,7 +45,7 @@ from autoevol_train.evol.methods import (EvolvingMethod, evol_instruct_methods, 
                                          starting_method)
 from autoevol_train.evol.records import EvolvedRow, ItemRecord, Reject
 from autoevol_train.hub import HubTarget, check_can_push, push_folder
-from autoevol_train.llm.client import LLMClient
+from autoevol_train.llm.client import LLMClient, LLMPool
 from autoevol_train.llm.engines import SharedEngines
 from autoevol_train.llm.scheduler import stream_map
 from autoevol_train.llm.types import Completion, RoleConfig
@@ -262,8 +262,9 @@ def _my_seeds(config: EvolveConfig, report: LoadReport, skip: set[int]) -> Itera
 
 
 def _count_my_seeds(config: EvolveConfig) -> tuple[int, LoadReport]:
-    """Read (and validate) every seed row once before any LLM call: a bad row at row 900,000 fails now,
-    not after hours of paid calls. Hub datasets are streamed, so they are not pre-read (no total)."""
+    """Read (and validate) every seed row once before any work request (`evolve_shard` runs it beside the
+    endpoints' preflight): a bad row at row 900,000 fails now, not after hours of paid calls. Hub datasets are
+    streamed, so they are not pre-read (no total)."""
     report = LoadReport()
     count = sum(1 for _ in _my_seeds(config, report, set()))
     return count, report
@@ -293,36 +294,57 @@ def _check_resumable(parts: Path, config: EvolveConfig) -> None:
         if changed:
             raise InputError(f"{parts.parent}: holds items of a different evolution (changed: {', '.join(changed)});"
                              " use another --output-dir, or delete its parts/ and calls.sqlite to start over")
-    else:
-        write_atomic(path, json.dumps(settings, indent=2) + "\n")
+
+
+def _record_evolution(parts: Path, config: EvolveConfig) -> None:
+    """What the items in parts/ depend on, written with the first attempt (see `_check_resumable`)."""
+    path = parts / "evolution.json"
+    if not path.is_file():
+        write_atomic(path, json.dumps(_evolution_settings(config), indent=2) + "\n")
 
 
 async def evolve_shard(config: EvolveConfig, stage: StageRun) -> tuple[dict[str, Any], LoadReport]:
     """The LLM phase of `run_evolve`: stream this shard's unfinished seeds through `ItemEvolver.item` into the
     parts store; returns counts and LLM usage, and how the seed file read (malformed rows skipped)."""
-    total, report = _count_my_seeds(config) if config.seeds.is_local() else (None, LoadReport())  # before writing
     parts = stage.path / "parts"
     _check_resumable(parts, config)
+    # Every seed row is read (and checked) once before any work request, so a bad row at row 900,000 fails now,
+    # not after hours of paid calls; in a thread, while the endpoints' preflight runs.
+    counting = asyncio.ensure_future(asyncio.to_thread(_count_my_seeds, config)) if config.seeds.is_local() else None
+    try:
+        async with stage.pool(_roles(config)) as pool:
+            total, report = await counting if counting is not None else (None, LoadReport())
+            return await _evolve_items(config, stage, pool, total, report)
+    except EndpointError:
+        if counting is not None:
+            await counting  # a bad seed row is bad input (exit 2), named before an endpoint's failure
+        raise
+
+
+async def _evolve_items(config: EvolveConfig, stage: StageRun, pool: LLMPool, total: int | None,
+                        report: LoadReport) -> tuple[dict[str, Any], LoadReport]:
+    """The seeds not finished yet, through `ItemEvolver.item`, each finished item into the parts store."""
+    parts = stage.path / "parts"
+    _record_evolution(parts, config)
     done = completed_keys(parts)
     counts = {"items": 0, "rows": 0, "rejected": 0}
-    async with stage.pool(_roles(config)) as pool:
-        evolver = ItemEvolver(config, pool["evol"], pool["responder"])
-        todo = _my_seeds(config, LoadReport() if total is not None else report, done)
-        remaining = None if total is None else total - len(done)
-        started, log_every = time.monotonic(), max(1, (remaining or 10000) // 100)  # ~100 tracker points a run
-        with PartWriter(parts, stage.run_dir.manifest["attempts"], config.records_per_part) as writer, \
-                Progress(remaining, "evolve", pool) as bar:
-            async for _, record in stream_map(todo, evolver.item, config.max_in_flight):
-                writer.write(record)
-                counts["items"] += 1
-                counts["rows"] += len(record["rows"])
-                counts["rejected"] += len(record["rejects"])
-                bar.update(1, rows=counts["rows"], rejected=counts["rejected"])
-                if counts["items"] % log_every == 0 or counts["items"] == remaining:
-                    stage.tracker.log(evolve_metrics(counts["items"], counts["rows"], counts["rejected"],
-                                                     pool.total_tokens(), time.monotonic() - started),
-                                      step=counts["items"])
-        usage = pool.usage()
+    evolver = ItemEvolver(config, pool["evol"], pool["responder"])
+    todo = _my_seeds(config, LoadReport() if total is not None else report, done)
+    remaining = None if total is None else total - len(done)
+    started, log_every = time.monotonic(), max(1, (remaining or 10000) // 100)  # ~100 tracker points a run
+    with PartWriter(parts, stage.run_dir.manifest["attempts"], config.records_per_part) as writer, \
+            Progress(remaining, "evolve", pool) as bar:
+        async for _, record in stream_map(todo, evolver.item, config.max_in_flight):
+            writer.write(record)
+            counts["items"] += 1
+            counts["rows"] += len(record["rows"])
+            counts["rejected"] += len(record["rejects"])
+            bar.update(1, rows=counts["rows"], rejected=counts["rejected"])
+            if counts["items"] % log_every == 0 or counts["items"] == remaining:
+                stage.tracker.log(evolve_metrics(counts["items"], counts["rows"], counts["rejected"],
+                                                 pool.total_tokens(), time.monotonic() - started),
+                                  step=counts["items"])
+    usage = pool.usage()
     return {"resumed_items": len(done), **counts, "llm_usage": usage}, report
 
 
