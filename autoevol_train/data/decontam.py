@@ -99,6 +99,8 @@ class Decontaminator:
 
     def matches(self, row_id: str, text: str) -> list[Match]:
         """At most one match per (benchmark item, n): the first shared n-gram."""
+        if not self.items:  # nothing indexed (decontamination off): no row's n-grams need hashing
+            return []
         words = word_tokens(text)
         found: dict[tuple[str, str, int], Match] = {}
         for n, index in self._index.items():
