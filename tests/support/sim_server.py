@@ -12,7 +12,7 @@ What it models, as a vLLM server looks to a client:
   names of vllm/v1/metrics/loggers.py), or 404 with `--no-metrics` (an API without them);
 - `GET /v1/models` lists the model `sim`;
 - `GET /sim/stats`: busy slot-seconds (the service times of answered requests), counts, first and last request
-  times (wall clock), for the parent's utilisation figures.
+  times (wall clock), the mean queue, and a timeline of running / waiting every 0.5 s, for the parent's figures.
 
 Answers follow `bench_evolve.py`'s rule, so `autoevol evolve` runs against it: an evol prompt gets a labelled
 rewrite with one more constraint, a responder prompt (system first) an answer, anything else "ok".
@@ -134,9 +134,20 @@ class Simulation:
         return web.json_response(self.stats)
 
 
+async def sample(simulation: Simulation) -> None:
+    """stats["timeline"]: (seconds since the first request, running, waiting) every 0.5 s."""
+    timeline = simulation.stats["timeline"] = []
+    while True:
+        await asyncio.sleep(0.5)
+        if simulation.stats["first"] is not None:
+            timeline.append((round(time.time() - simulation.stats["first"], 1),
+                             simulation.args.slots - simulation.free, simulation.waiting))
+
+
 async def serve(args: argparse.Namespace) -> None:
     simulation = Simulation(args)
     simulation.queue = asyncio.Queue()
+    sampler = asyncio.ensure_future(sample(simulation))  # noqa: F841 (runs until the process ends)
     app = web.Application(client_max_size=64 * 1024**2)
     app.router.add_post("/v1/chat/completions", simulation.chat)
     app.router.add_get("/v1/models", simulation.models)
