@@ -4,13 +4,14 @@ Two signals, the better one first:
 
 **The server's own queue** (vLLM's `/metrics`, read by server_metrics.py every `POLL_S` while requests are in
 flight). vLLM's scheduler runs what fits (decoding slots, KV cache) and queues the rest, so
-`num_requests_waiting` says directly whether the server has room: the limit doubles per poll while nothing
-waits, the limit was reached and the server runs most of what we sent (`ARRIVED`; a client too slow to deliver
-its requests says nothing about the server), then grows by the target queue per poll; once more than twice
-the target queue (`QUEUE_SHARE` of what runs, at least `QUEUE_MIN`) waits, it is set to what of ours runs plus
-that target (`in flight - (waiting - target)`, the queue counted in proportion to our share of the server's
-requests: the same answer at every poll while the excess drains, so it cannot overshoot downwards). Latency is not used here: a batching server's latency grows with its batch even
-while its throughput does, so latency would stop the limit short of a full server.
+`num_requests_waiting` says directly whether the server has room. While nothing waits, the limit was reached
+and the server runs most of what we sent (`ARRIVED`; a client too slow to deliver its requests says nothing
+about the server), the limit doubles per poll until the first queue is seen (slow start), later grows by the
+target queue per poll; once more than twice the target queue (`QUEUE_SHARE` of what runs, at least
+`QUEUE_MIN`) waits, it is set to what of ours runs plus that target (`in flight - (waiting - target)`, the
+queue counted in proportion to our share of the server's requests: the same answer at every poll while the
+excess drains, so it cannot overshoot downwards). Latency is not used here: a batching server's latency grows
+with its batch even while its throughput does, so latency would stop the limit short of a full server.
 
 **Latency** (any other server; a gradient limiter of the concurrency-limits family, Netflix's Gradient/Vegas).
 A server with free slots answers in its service time whatever else is in flight; once every slot is busy,
@@ -130,10 +131,11 @@ class EndpointLimit:
             return
         self._since_cut += 1
         target = max(QUEUE_MIN, QUEUE_SHARE * running)
+        if waiting:
+            self.slow_start = False  # a queue: the server's capacity is found, no more doubling
         if waiting > 2 * target:  # every slot is busy and more than the target waits: keep what runs + target
             ours = min(1.0, self.in_flight / max(running + waiting, 1.0))  # other clients' queue is not ours to cut
             self.limit = max(1.0, self.limit / 2, min(self.limit, self.in_flight - ours * (waiting - target)))
-            self.slow_start = False
         elif waiting == 0 and reached and running >= ARRIVED * self.in_flight:  # free slots, and our requests
             # reach the server (a client too slow to deliver them would otherwise grow the limit without end)
             self.limit = self._grown(2 * self.limit if self.slow_start else self.limit + target)
