@@ -11,7 +11,7 @@ import random
 from collections import deque
 from dataclasses import dataclass, field
 
-from autoevol_train.llm.limiter import INITIAL, PROBE_WINDOWS, QUEUE_MIN, TOLERANCE, EndpointLimit
+from autoevol_train.llm.limiter import FRONT_END_GROWTH, INITIAL, PROBE_WINDOWS, QUEUE_MIN, TOLERANCE, EndpointLimit
 
 
 @dataclass
@@ -150,6 +150,23 @@ def test_server_queue_steers_the_limit_where_metrics_exist():
     limit.start()
     limit.observe_queue(running=1, waiting=0)  # free slots, but the stage sent only one request
     assert limit.limit == 32 - 12 + QUEUE_MIN
+
+
+def test_server_queue_limit_grows_gently_when_the_front_end_holds_our_requests():
+    """Nothing waits in the scheduler, yet the server runs few of the requests we have in flight (they sit in its
+    HTTP / tokenising front end, as on real vLLM over a tiny model on a busy CPU): the limit still grows, by
+    FRONT_END_GROWTH per poll, not by doubling; a queue then stops it as before."""
+    limit = EndpointLimit(1024, initial=16)
+    for _ in range(16):
+        limit.start()
+    limit.observe_queue(running=2, waiting=0)
+    assert limit.limit == 16 * FRONT_END_GROWTH
+    for _ in range(4):
+        limit.start()
+    limit.observe_queue(running=3, waiting=0)
+    assert limit.limit == 16 * FRONT_END_GROWTH ** 2
+    limit.observe_queue(running=3, waiting=40)  # a queue: cut to what runs plus the target
+    assert limit.limit < 16 * FRONT_END_GROWTH
 
 
 def test_server_queue_limit_fills_the_slots_with_a_small_queue():

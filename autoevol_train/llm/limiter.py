@@ -5,9 +5,10 @@ Two signals, the better one first:
 **The server's own queue** (vLLM's `/metrics`, read by server_metrics.py every `POLL_S` while requests are in
 flight). vLLM's scheduler runs what fits (decoding slots, KV cache) and queues the rest, so
 `num_requests_waiting` says directly whether the server has room. While nothing waits, the limit was reached
-and the server runs most of what we sent (`ARRIVED`; a client too slow to deliver its requests says nothing
-about the server), the limit doubles per poll until the first queue is seen (slow start), later grows by the
-target queue per poll; once more than twice the target queue (`QUEUE_SHARE` of what runs, at least
+and the server runs most of what we sent (`ARRIVED`), the limit doubles per poll until the first queue is seen
+(slow start), later grows by the target queue per poll; while nothing waits but the server runs far fewer than
+we sent (its HTTP / tokenising front end is the bottleneck, as for a tiny model on a busy CPU, or the client is
+too slow to deliver them) it grows by `FRONT_END_GROWTH` per poll: throughput still rises with concurrency there; once more than twice the target queue (`QUEUE_SHARE` of what runs, at least
 `QUEUE_MIN`) waits, it is set to what of ours runs plus that target (`in flight - (waiting - target)`, the
 queue counted in proportion to our share of the server's requests: the same answer at every poll while the
 excess drains, so it cannot overshoot downwards). Latency is not used here: a batching server's latency grows
@@ -56,7 +57,8 @@ BACKOFF = 0.9  # multiplicative decrease on "too busy": gentle, a server past it
 PROBE_WINDOWS = 8  # after a cut, the limit stays below its level for this many windows or polls
 QUEUE_SHARE = 0.05  # the server queue to keep (metrics path): this share of the requests it runs...
 QUEUE_MIN = 2  # ...and at least this many, so a slot freed while the client answers is refilled at once
-ARRIVED = 0.75  # grow only while the server runs at least this share of our requests in flight
+ARRIVED = 0.75  # grow at full speed only while the server runs at least this share of our requests in flight...
+FRONT_END_GROWTH = 1.25  # ...else by this factor per poll (a front-end-bound server, or a slow client)
 
 
 class EndpointLimit:
@@ -137,8 +139,14 @@ class EndpointLimit:
             ours = min(1.0, self.in_flight / max(running + waiting, 1.0))  # other clients' queue is not ours to cut
             self.limit = max(1.0, self.limit / 2, min(self.limit, self.in_flight - ours * (waiting - target)))
         elif waiting == 0 and reached and running >= ARRIVED * self.in_flight:  # free slots, and our requests
-            # reach the server (a client too slow to deliver them would otherwise grow the limit without end)
+            # reach the server's scheduler
             self.limit = self._grown(2 * self.limit if self.slow_start else self.limit + target)
+        elif waiting == 0 and reached:
+            # Nothing waits in the scheduler, but most of ours are elsewhere: in the server's HTTP / tokenising front
+            # end (a small model on a busy CPU answers faster than its front end feeds it, and its gauges read ~0
+            # running while throughput still rises with concurrency) or on a client too slow to deliver them. Grow,
+            # but gently, so a slow client does not run the limit to its ceiling within seconds.
+            self.limit = self._grown(self.limit * FRONT_END_GROWTH)
 
     def stop_queue_steering(self) -> None:
         """The endpoint's /metrics stopped answering: back to latency (a fresh window, slow start over)."""
