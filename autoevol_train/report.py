@@ -202,12 +202,18 @@ def _arm_examples(arm: str, output_dir: Path, per_kind: int = 2) -> str:
         parts.append(_table(["seed instruction", "evolved instruction", "response"], rows))
     rejects, seen = [], set()
     for reject in _read_jsonl(dataset / "rejects.jsonl"):
-        if reject["reason"] not in seen:
-            seen.add(reject["reason"])
-            rejects.append([reject["reason"], _clip(reject["instruction"]),
-                            _clip(reject.get("evol_output") or reject.get("error"))])
+        reason = reject["reason"].split(":")[0]  # "duplicate_of:<row id>", "contaminated:<benchmark>/<item>"
+        if reason in seen:
+            continue
+        seen.add(reason)
+        if "messages" in reject:  # removed at assembly (dedup, decontamination): an evolved row, not an attempt
+            rejects.append([reason, _clip(reject["messages"][0]["content"]),
+                            f"(an evolved row, removed by {reject['stage']}: {reject['reason']})"])
+        else:
+            rejects.append([reason, _clip(reject["instruction"]),
+                            _clip(reject["evol_output"] or reject["error"])])
     if rejects:
-        parts.append("<p>One reject of each reason (what the evol LLM wrote):</p>"
+        parts.append("<p>One reject of each reason (what the evol LLM wrote, or the row a filter removed):</p>"
                      + _table(["reason", "instruction", "evol LLM output"], rejects))
     answers = [[_clip(r["instruction"]), _clip(r["output"])]
                for r in _read_jsonl(output_dir / arm / "eval" / "alpaca_eval.jsonl")[:per_kind]]

@@ -124,7 +124,9 @@ def test_report_shows_real_text_of_every_arm_and_the_run_time(tmp_path):
     rejects = [{"reason": "parse_failure", "instruction": "Add 2 and 3.", "evol_output": "The answer is 5."},
                {"reason": "parse_failure", "instruction": "x", "evol_output": "y"},
                {"reason": "evol_request_failed", "instruction": "Name a colour.", "evol_output": None,
-                "error": "request_failed: 500"}]
+                "error": "request_failed: 500"},
+               {"reason": "duplicate_of:s3/r1", "stage": "dedup", "id": "s7/r1", "seed_id": "s7", "seed_index": 7,
+                "round": 1, "messages": [{"role": "user", "content": "Name two colours."}]}]
     (dataset / "rejects.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rejects))
     (run / "seed" / "eval").mkdir(parents=True)
     (run / "seed" / "eval" / "alpaca_eval.jsonl").write_text(json.dumps(
@@ -137,4 +139,6 @@ def test_report_shows_real_text_of_every_arm_and_the_run_time(tmp_path):
     assert ("<td>Write a haiku about rain.</td><td>Write a haiku about rain that names a city.</td>"
             "<td>Rain on Lisbon&#x27;s roofs &lt;soft&gt;</td>") in examples  # escaped once
     assert examples.count("<td>parse_failure</td>") == 1 and "<td>request_failed: 500</td>" in examples
+    assert "<td>duplicate_of</td><td>Name two colours.</td><td>(an evolved row, removed by dedup: duplicate_of:s3/r1)" \
+        in examples  # assembly's rejects carry the row, not the attempt
     assert "<td>Keep a regular bedtime." in examples and "z" * 401 not in examples and " […]</td>" in examples
