@@ -19,6 +19,7 @@ import json
 import sqlite3
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from autoevol_train.llm.types import Completion, Messages, Sampling
@@ -76,8 +77,7 @@ class Journal:
         with self._wake:
             waiting = self._unwritten.get(key)
         if waiting is not None:
-            return Completion(waiting.text, waiting.finish_reason, waiting.prompt_tokens,
-                              waiting.completion_tokens, waiting.error, cached=True)
+            return replace(waiting, cached=True)
         row = self._db.execute(
             "SELECT text, finish_reason, prompt_tokens, completion_tokens, error FROM calls WHERE key = ?",
             (key,),

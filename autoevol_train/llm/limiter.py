@@ -3,16 +3,17 @@
 Two signals, the better one first:
 
 **The server's own queue** (vLLM's `/metrics`, read by server_metrics.py every `POLL_S` while requests are in
-flight). vLLM's scheduler runs what fits (decoding slots, KV cache) and queues the rest, so
-`num_requests_waiting` says directly whether the server has room. While nothing waits, the limit was reached
-and the server runs most of what we sent (`ARRIVED`), the limit doubles per poll until the first queue is seen
-(slow start), later grows by the target queue per poll; while nothing waits but the server runs far fewer than
-we sent (its HTTP / tokenising front end is the bottleneck, as for a tiny model on a busy CPU, or the client is
-too slow to deliver them) it grows by `FRONT_END_GROWTH` per poll: throughput still rises with concurrency there; once more than twice the target queue (`QUEUE_SHARE` of what runs, at least
-`QUEUE_MIN`) waits, it is set to what of ours runs plus that target (`in flight - (waiting - target)`, the
-queue counted in proportion to our share of the server's requests: the same answer at every poll while the
-excess drains, so it cannot overshoot downwards). Latency is not used here: a batching server's latency grows
-with its batch even while its throughput does, so latency would stop the limit short of a full server.
+flight). vLLM's scheduler runs what fits (decoding slots, KV cache) and queues the rest, so `num_requests_waiting`
+says directly whether the server has room. While nothing waits, the limit was reached and the server runs most of
+what we sent (`ARRIVED`), the limit doubles per poll until the first queue is seen (slow start), later grows by
+the target queue per poll; while nothing waits but the server runs far fewer than we sent (its HTTP / tokenising
+front end is the bottleneck, as for a tiny model on a busy CPU, or the client is too slow to deliver them) it
+grows by `FRONT_END_GROWTH` per poll: throughput still rises with concurrency there; once more than twice the
+target queue (`QUEUE_SHARE` of what runs, at least `QUEUE_MIN`) waits, it is set to what of ours runs plus that
+target (`in flight - (waiting - target)`, the queue counted in proportion to our share of the server's requests:
+the same answer at every poll while the excess drains, so it cannot overshoot downwards). Latency is not used
+here: a batching server's latency grows with its batch even while its throughput does, so latency would stop the
+limit short of a full server.
 
 **Latency** (any other server; a gradient limiter of the concurrency-limits family, Netflix's Gradient/Vegas).
 A server with free slots answers in its service time whatever else is in flight; once every slot is busy,
@@ -138,15 +139,15 @@ class EndpointLimit:
         if waiting > 2 * target:  # every slot is busy and more than the target waits: keep what runs + target
             ours = min(1.0, self.in_flight / max(running + waiting, 1.0))  # other clients' queue is not ours to cut
             self.limit = max(1.0, self.limit / 2, min(self.limit, self.in_flight - ours * (waiting - target)))
-        elif waiting == 0 and reached and running >= ARRIVED * self.in_flight:  # free slots, and our requests
-            # reach the server's scheduler
-            self.limit = self._grown(2 * self.limit if self.slow_start else self.limit + target)
-        elif waiting == 0 and reached:
-            # Nothing waits in the scheduler, but most of ours are elsewhere: in the server's HTTP / tokenising front
-            # end (a small model on a busy CPU answers faster than its front end feeds it, and its gauges read ~0
-            # running while throughput still rises with concurrency) or on a client too slow to deliver them. Grow,
-            # but gently, so a slow client does not run the limit to its ceiling within seconds.
-            self.limit = self._grown(self.limit * FRONT_END_GROWTH)
+        elif waiting == 0 and reached:  # free slots
+            if running >= ARRIVED * self.in_flight:  # and our requests reach the server's scheduler
+                self.limit = self._grown(2 * self.limit if self.slow_start else self.limit + target)
+            else:
+                # Most of ours are elsewhere: in the server's HTTP / tokenising front end (a small model on a busy
+                # CPU answers faster than its front end feeds it: its gauges read ~0 running while throughput still
+                # rises with concurrency) or on a client too slow to deliver them. Grow, but gently, so a slow
+                # client does not run the limit to its ceiling within seconds.
+                self.limit = self._grown(self.limit * FRONT_END_GROWTH)
 
     def stop_queue_steering(self) -> None:
         """The endpoint's /metrics stopped answering: back to latency (a fresh window, slow start over)."""
