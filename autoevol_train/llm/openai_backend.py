@@ -34,7 +34,7 @@ from yarl import URL
 
 from autoevol_train.errors import EndpointError
 from autoevol_train.llm.limiter import EndpointLimit
-from autoevol_train.llm.server_metrics import QueueMonitor
+from autoevol_train.llm.server_metrics import POLL_TIMEOUT_S, QueueMonitor, metrics_url
 from autoevol_train.llm.types import (BusyError, Completion, EndpointRefusedError, FatalRequestError, Messages,
                                       OpenAIRole, PreflightMode, RetryableError, Sampling, UnreachableError)
 
@@ -143,6 +143,7 @@ class _Endpoint:
         base = URL(base_url.rstrip("/"))
         self.chat_url = URL(f"{base}/chat/completions")
         self.models_url = URL(f"{base}/models")
+        self.metrics_url = URL(metrics_url(base_url))
         self.proxy = _env_proxy(base)
         self._headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json",
                          "Accept": "application/json"}
@@ -153,8 +154,9 @@ class _Endpoint:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._pool_size), headers=self._headers, timeout=self._timeout)
+            self._session = aiohttp.ClientSession(  # a connection beyond the ceiling for the /metrics poll
+                connector=aiohttp.TCPConnector(limit=self._pool_size + 1), headers=self._headers,
+                timeout=self._timeout)
         return self._session
 
     async def post(self, body: dict[str, Any], timeout: aiohttp.ClientTimeout | None = None) -> bytes:
@@ -176,6 +178,12 @@ class _Endpoint:
                 raise _status_error(response.status, raw, response.headers)
         return [model["id"] for model in json.loads(raw)["data"]]
 
+    async def metrics_text(self) -> str | None:
+        """The server's Prometheus text (vLLM's /metrics, beside /v1); None for an answer other than 200."""
+        async with self.session.get(self.metrics_url, proxy=self.proxy,
+                                    timeout=aiohttp.ClientTimeout(total=POLL_TIMEOUT_S)) as response:
+            return await response.text() if response.status == 200 else None
+
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
@@ -190,7 +198,8 @@ class OpenAIBackend:
                            for url in config.base_urls]
         self._adaptive = config.adaptive_concurrency
         self.limits = [EndpointLimit(config.max_concurrency, config.adaptive_concurrency) for _ in self._endpoints]
-        self._queues = QueueMonitor(list(config.base_urls), self.limits, api_key) if self._adaptive else None
+        self._queues = (QueueMonitor([e.metrics_text for e in self._endpoints], self.limits) if self._adaptive
+                        else None)
         self._waiting: deque[asyncio.Future[None]] = deque()  # requests waiting for room, first come first
         self._turn = 0
 

@@ -2,7 +2,8 @@
 
 A vLLM server says how many requests it runs and how many wait (`vllm:num_requests_running`,
 `vllm:num_requests_waiting`, summed over its engines): a far better signal of spare capacity than latency. The
-monitor reads them from the endpoint the user configured (its base URL without `/v1`, plus `/metrics`): one
+monitor reads them from the endpoint the user configured (its base URL without `/v1`, plus `/metrics`, asked over
+the endpoint's own session: the same headers and proxy as its chat requests): one
 task per endpoint, started with its first request, one GET every `POLL_S` (five times as often during slow
 start, which doubles the limit per poll, so a big server is filled within about a second) and only while
 requests to it are in flight. An endpoint without those gauges (an API answering 404, a server of another kind) is asked once and
@@ -12,6 +13,7 @@ then never again; a poll that fails on the network is skipped.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 
@@ -45,15 +47,15 @@ def parse_queue(text: str) -> tuple[float, float] | None:
 
 
 class QueueMonitor:
-    """Feeds each endpoint's `EndpointLimit.observe_queue` from its /metrics (see the module doc)."""
+    """Feeds each endpoint's `EndpointLimit.observe_queue` from its /metrics (see the module doc). `fetches[i]`
+    GETs endpoint i's /metrics: its text, None for an answer other than 200 (no gauges there); it raises
+    aiohttp's errors for a failed poll."""
 
-    def __init__(self, base_urls: list[str], limits: list[EndpointLimit], api_key: str):
-        self._urls = [metrics_url(url) for url in base_urls]
+    def __init__(self, fetches: list[Callable[[], Awaitable[str | None]]], limits: list[EndpointLimit]):
+        self._fetches = fetches
         self._limits = limits
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key != "EMPTY" else {}
-        self._active = [asyncio.Event() for _ in base_urls]
-        self._tasks: list[asyncio.Task | None] = [None] * len(base_urls)
-        self._session: aiohttp.ClientSession | None = None
+        self._active = [asyncio.Event() for _ in fetches]
+        self._tasks: list[asyncio.Task | None] = [None] * len(fetches)
 
     def wake(self, index: int) -> None:
         """A request left for endpoint `index`: poll it (from its first request on, while any is in flight)."""
@@ -63,9 +65,6 @@ class QueueMonitor:
 
     async def _poll(self, index: int) -> None:
         limit, active = self._limits[index], self._active[index]
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=POLL_TIMEOUT_S),
-                                                  trust_env=True)  # the proxy the environment names, as for chat
         while True:
             await asyncio.sleep(POLL_S / 5 if limit.slow_start else POLL_S)  # slow start doubles per poll
             if limit.in_flight == 0:
@@ -73,10 +72,10 @@ class QueueMonitor:
                 await active.wait()
                 continue
             try:
-                async with self._session.get(self._urls[index], headers=self._headers) as response:
-                    queue = parse_queue(await response.text()) if response.status == 200 else None
+                text = await self._fetches[index]()
             except (aiohttp.ClientError, asyncio.TimeoutError, UnicodeDecodeError):
                 continue  # the server is busy or restarting: the next poll will tell
+            queue = parse_queue(text) if text is not None else None
             if queue is None:  # no vLLM gauges here: latency steers, and this endpoint is not asked again
                 limit.stop_queue_steering()
                 return
@@ -87,5 +86,3 @@ class QueueMonitor:
             if task is not None:
                 task.cancel()
         await asyncio.gather(*(t for t in self._tasks if t is not None), return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
