@@ -6,7 +6,9 @@ small machine, for one core), so utilisation figures would measure the simulator
 
 What it models, as a vLLM server looks to a client:
 - `slots` decoding slots; a request beyond them waits (FIFO) for one; its service time is lognormal with mean
-  `mean_s` and sigma `sigma` (seeded);
+  `mean_s` and sigma `sigma` (seeded), but at most `max_tokens` x `TOKEN_S`: like a real server, it stops
+  decoding at max_tokens, so a 1-token request (the client's preflight) is answered at once, not after a full
+  service time (at 50 tokens/s the cap of a 1,024-token request, 20 s, is beyond any draw of the benchmarks);
 - `max_waiting`: like a rate-limited API, a 429 (with `Retry-After: retry_after_s`) when that many already wait;
 - `GET /metrics`: vLLM's Prometheus gauges `vllm:num_requests_running` / `vllm:num_requests_waiting` (the
   names of vllm/v1/metrics/loggers.py), or 404 with `--no-metrics` (an API without them);
@@ -40,6 +42,7 @@ from pathlib import Path
 from aiohttp import web
 
 MODEL = "sim"
+TOKEN_S = 0.02  # seconds per generated token, for the max_tokens cap: 50 tokens/s per sequence
 
 
 def answer(messages: list[dict]) -> str:
@@ -74,6 +77,9 @@ class Simulation:
                                      status=429, headers={"Retry-After": str(self.args.retry_after)})
         await self._acquire()
         service = self.median * self.rng.lognormvariate(0.0, self.args.sigma)
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        if max_tokens:
+            service = min(service, TOKEN_S * max_tokens)
         try:
             await asyncio.sleep(service)
         finally:
