@@ -91,3 +91,28 @@ def test_a_server_without_metrics_is_asked_once_and_latency_steers():
         done, (limit,) = run(config, 400)
     assert len(done) == 400 and all(c.ok for c in done)
     assert not limit.queue_steered and limit.baseline < 1.0 and limit.limit > INITIAL
+
+
+def test_waiting_line_is_first_come_first_served():
+    """Room freed by an answer goes to the head of the line, not to the answered item's next request, sent in
+    the same step before the woken head runs; structural, on the backend's line alone (no server needed)."""
+    from autoevol_train.llm.openai_backend import OpenAIBackend
+
+    async def main():
+        backend = OpenAIBackend(OpenAIRole(model="m", base_urls=["http://127.0.0.1:9/v1"], max_concurrency=1,
+                                           adaptive_concurrency=False))
+        order: list[str] = []
+
+        async def item(name: str, requests: int) -> None:
+            for round_ in range(requests):
+                index = await backend._endpoint()
+                ticket = backend.limits[index].start()
+                order.append(f"{name}{round_}")
+                await asyncio.sleep(0)
+                backend.limits[index].finish(ticket, 0.01, False)
+                backend._wake()  # and straight on to the item's next request, as a stage's chain does
+
+        await asyncio.gather(item("a", 2), item("b", 2), item("c", 2))
+        return order
+
+    assert asyncio.run(main()) == ["a0", "b0", "c0", "a1", "b1", "c1"]

@@ -201,6 +201,7 @@ class OpenAIBackend:
         self._queues = (QueueMonitor([e.metrics_text for e in self._endpoints], self.limits) if self._adaptive
                         else None)
         self._waiting: deque[asyncio.Future[None]] = deque()  # requests waiting for room, first come first
+        self._woken = 0  # requests woken for room that have not taken it yet
         self._turn = 0
 
     def _pick(self) -> int:
@@ -213,28 +214,44 @@ class OpenAIBackend:
         return min(range(count), key=lambda i: (-self.limits[i].room, (i - self._turn) % count))
 
     async def _endpoint(self) -> int:
-        """An endpoint with room under its adaptive limit, waiting in line while every one is full."""
+        """An endpoint with room under its adaptive limit, waiting in line while every one is full. The line is
+        first come first served: a request does not pass those already waiting or woken (an item's next request,
+        sent the moment its last one is answered, would otherwise take the room just freed for the head of the
+        line, again and again, and starved items would run their rounds alone at the end of the run), and one
+        woken for room that another endpoint's limit took meanwhile keeps its place at the front."""
         index = self._pick()
-        while self.limits[index].room < 1:
+        if not self._waiting and self._free() - self._woken >= 1:
+            return index
+        front = False
+        while True:
             turn = asyncio.get_running_loop().create_future()
-            self._waiting.append(turn)
+            (self._waiting.appendleft if front else self._waiting.append)(turn)
             try:
                 await turn
             except asyncio.CancelledError:
                 if turn.done() and not turn.cancelled():
+                    self._woken -= 1
                     self._wake()  # woken, then cancelled: the room it was woken for goes to the next in line
                 raise
+            self._woken -= 1
             index = self._pick()
-        return index
+            if self.limits[index].room >= 1:
+                return index
+            front = True
+
+    def _free(self) -> int:
+        return sum(max(0, int(limit.room)) for limit in self.limits)
 
     def _wake(self) -> None:
-        """Wake as many waiting requests as there is room now, in order: not every one of them (with a stage's
-        1,024 items in flight and a limit of 64, waking all on every answer cost more CPU than the requests)."""
-        room = sum(max(0, int(limit.room)) for limit in self.limits)
+        """Wake as many waiting requests as there is room now not yet promised, in order: not every one of them
+        (with a stage's 1,024 items in flight and a limit of 64, waking all on every answer cost more CPU than the
+        requests)."""
+        room = self._free() - self._woken
         while room > 0 and self._waiting:
             turn = self._waiting.popleft()
             if not turn.done():
                 turn.set_result(None)
+                self._woken += 1
                 room -= 1
 
     def _body(self, messages: Messages, sampling: Sampling, n: int) -> dict[str, Any]:
