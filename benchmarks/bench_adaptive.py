@@ -18,13 +18,23 @@ server's mean queue; 429s as a share of HTTP requests after the first `--warmup`
 rows short of seeds x rounds). The hand-tuned reference is a fixed `max_concurrency` of 1.5 x the slots
 (`adaptive_concurrency: false`), not a sweep. The load average is printed per row: the machine is shared.
 
+"Ideal" is what no client can beat on that server: the same work (each item's requests one after another, at
+most `max_in_flight` items at once, as the stage runs them) replayed in a discrete-event simulation with the
+server's service-time distribution, by a client with no start-up, no finish and no overhead that keeps every
+slot busy while any request is ready; mean and worst of `IDEAL_DRAWS` draws. With lognormal service times the
+last requests of a run finish one by one (the slowest of 12,000 draws at mean 2 s takes ~15 s), so even that
+client leaves slots idle at the end: the gap between a row and its ideal is what the client loses.
+
     python benchmarks/bench_adaptive.py [--seeds 2000] [--rounds 3] [--rows 16,64,256,64-latency,429,16+128]
 """
 
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
+import math
+import random
 import os
 import subprocess
 import sys
@@ -52,6 +62,36 @@ ROWS: dict[str, list[tuple[int, float, int | None, bool]]] = {
 LABELS = {"16": "16 slots, mean 0.125 s", "64": "64 slots, mean 0.5 s", "256": "256 slots, mean 2 s",
           "64-latency": "64 slots, mean 0.5 s, no /metrics", "429": "API: 16 slots, 0.125 s, 429 beyond 16 waiting",
           "16+128": "two endpoints, 16 + 128 slots, mean 1 s"}
+
+
+IDEAL_DRAWS = 10
+SIGMA = 0.6  # SimServer's default
+MAX_IN_FLIGHT = 1024  # the evolve stage's default: items at once
+
+
+def ideal_utilisation(slots: int, mean_s: float, seeds: int, rounds: int, seed: int) -> float:
+    """Slot utilisation of one simulated zero-overhead run (see the module doc): items of `2 * rounds` chained
+    requests, at most MAX_IN_FLIGHT items at once, ready requests served first come first on `slots` slots."""
+    rng = random.Random(seed)
+    mu = math.log(mean_s) - SIGMA**2 / 2
+    left = [2 * rounds] * seeds  # requests each item has still to make
+    ready = list(range(min(seeds, MAX_IN_FLIGHT)))  # items whose next request waits for a slot, in order
+    admitted, head, busy, now = len(ready), 0, 0.0, 0.0
+    running: list[tuple[float, int]] = []  # (finish time, item)
+    while head < len(ready) or running:
+        while len(running) < slots and head < len(ready):
+            service = rng.lognormvariate(mu, SIGMA)
+            busy += service
+            heapq.heappush(running, (now + service, ready[head]))
+            head += 1
+        now, item = heapq.heappop(running)
+        left[item] -= 1
+        if left[item]:
+            ready.append(item)
+        elif admitted < seeds:
+            ready.append(admitted)
+            admitted += 1
+    return busy / (slots * now)
 
 
 def write_config(directory: Path, seeds: Path, urls: list[str], rounds: int, fixed: int | None) -> Path:
@@ -112,23 +152,29 @@ def main() -> None:
           f"default settings vs a fixed max_concurrency of 1.5 x slots; load average at start "
           f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     print(f"| server | requests | default: wall s, end to end, active, mean queue, 429s after {args.warmup:.0f} s, rows lost "
-          "| hand-tuned: wall s, end to end, active | default ÷ hand-tuned | load |")
-    print("|---|---:|---|---|---:|---:|")
+          f"| hand-tuned: wall s, end to end, active | default ÷ hand-tuned | ideal: mean, worst of {IDEAL_DRAWS} "
+          "| default ÷ ideal mean | load |")
+    print("|---|---:|---|---|---:|---|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         seeds = Path(tmp) / "seeds.jsonl"
         seeds.write_text("".join(json.dumps({"instruction": f"Write a short note about topic {i}."}) + "\n"
                                  for i in range(args.seeds)))
         for name in args.rows.split(","):
             spec = ROWS[name]
+            slots = sum(s[0] for s in spec)
+            ideal = [ideal_utilisation(slots, spec[0][1], args.seeds, args.rounds, seed) for seed in range(IDEAL_DRAWS)]
+            ideal_cells = (f"{sum(ideal) / len(ideal):.3f}, {min(ideal):.3f}")
             r = run_row(spec, seeds, args, None, Path(tmp) / name / "default")
             line = (f"| {LABELS[name]} | {r['requests']} | {r['wall']:.1f}, **{r['utilisation']:.3f}**, "
                     f"{r['active']:.3f}, {r['queue']:.1f}, {100 * r['late_429']:.2f} %, lost {r['lost']}")
+            of_ideal = f"{r['utilisation'] / (sum(ideal) / len(ideal)):.3f}"
             if args.no_reference:
-                print(f"{line} | | | {r['load']:.2f} |", flush=True)
+                print(f"{line} | | | {ideal_cells} | {of_ideal} | {r['load']:.2f} |", flush=True)
                 continue
-            t = run_row(spec, seeds, args, round(1.5 * sum(s[0] for s in spec)), Path(tmp) / name / "fixed")
+            t = run_row(spec, seeds, args, round(1.5 * slots), Path(tmp) / name / "fixed")
             print(f"{line} | {t['wall']:.1f}, {t['utilisation']:.3f}, {t['active']:.3f} | "
-                  f"{r['utilisation'] / t['utilisation']:.3f} | {r['load']:.2f}, {t['load']:.2f} |", flush=True)
+                  f"{r['utilisation'] / t['utilisation']:.3f} | {ideal_cells} | {of_ideal} | "
+                  f"{r['load']:.2f}, {t['load']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
