@@ -9,6 +9,7 @@ import asyncio
 
 from autoevol_train.llm.client import LLMPool
 from autoevol_train.llm.limiter import INITIAL
+from autoevol_train.llm.openai_backend import OpenAIBackend
 from autoevol_train.llm.scheduler import stream_map
 from autoevol_train.llm.server_metrics import metrics_url, parse_queue
 from autoevol_train.llm.types import OpenAIRole
@@ -96,8 +97,6 @@ def test_a_server_without_metrics_is_asked_once_and_latency_steers():
 def test_waiting_line_is_first_come_first_served():
     """Room freed by an answer goes to the head of the line, not to the answered item's next request, sent in
     the same step before the woken head runs; structural, on the backend's line alone (no server needed)."""
-    from autoevol_train.llm.openai_backend import OpenAIBackend
-
     async def main():
         backend = OpenAIBackend(OpenAIRole(model="m", base_urls=["http://127.0.0.1:9/v1"], max_concurrency=1,
                                            adaptive_concurrency=False))
