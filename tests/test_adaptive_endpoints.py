@@ -85,6 +85,32 @@ def test_limit_steers_on_the_queue_of_a_server_with_metrics():
     assert stats["answered"] == 600
 
 
+def test_requests_waiting_for_room_leave_when_a_poll_grows_the_limit_not_at_the_next_answer():
+    """Answers that take 20 s (a long generation): the queue-steered limit doubles per /metrics poll, and the
+    requests waiting in line for room must leave at once. Before, only an answer woke them, so the client sat at
+    INITIAL requests in flight for a whole service time. Structural: no request is answered while it grows."""
+    async def main(server: SimServer) -> tuple[int, int]:
+        config = OpenAIRole(model="sim", base_urls=[server.base_url], preflight="off")
+        async with LLMPool({"evol": config}) as pool:
+            limit = pool["evol"]._backend.limits[0]
+            tasks = [asyncio.ensure_future(pool["evol"].chat_one(ask(i))) for i in range(64)]
+            for _ in range(100):  # a bound for a failure, not a timing: with the fix ~5 polls, 0.1 s apart
+                if limit.in_flight == 64:
+                    break
+                await asyncio.sleep(0.1)
+            in_flight = limit.in_flight
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            return in_flight, limit.limit
+
+    with SimServer(slots=128, mean_s=60.0, sigma=0.01) as server:  # served max_tokens x 20 ms: 20.5 s each
+        in_flight, grown_to = asyncio.run(main(server))
+        answered = server.stats()["answered"]
+    assert answered == 0
+    assert in_flight == 64 and grown_to >= 64 > INITIAL
+
+
 def test_a_server_without_metrics_is_asked_once_and_latency_steers():
     """An API without /metrics (404): the monitor stops after its first poll, the latency gradient steers."""
     with SimServer(slots=16, mean_s=0.15, sigma=0.3, metrics=False) as server:

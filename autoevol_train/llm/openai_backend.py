@@ -198,8 +198,8 @@ class OpenAIBackend:
                            for url in config.base_urls]
         self._adaptive = config.adaptive_concurrency
         self.limits = [EndpointLimit(config.max_concurrency, config.adaptive_concurrency) for _ in self._endpoints]
-        self._queues = (QueueMonitor([e.metrics_text for e in self._endpoints], self.limits) if self._adaptive
-                        else None)
+        self._queues = (QueueMonitor([e.metrics_text for e in self._endpoints], self.limits, self._wake)
+                        if self._adaptive else None)
         self._waiting: deque[asyncio.Future[None]] = deque()  # requests waiting for room, first come first
         self._woken = 0  # requests woken for room that have not taken it yet
         self._turn = 0

@@ -49,11 +49,14 @@ def parse_queue(text: str) -> tuple[float, float] | None:
 class QueueMonitor:
     """Feeds each endpoint's `EndpointLimit.observe_queue` from its /metrics (see the module doc). `fetches[i]`
     GETs endpoint i's /metrics: its text, None for an answer other than 200 (no gauges there); it raises
-    aiohttp's errors for a failed poll."""
+    aiohttp's errors for a failed poll. `changed` is called after each observation: requests waiting for room go
+    the moment a limit grows, not at the next answer (seconds away while every request in flight is long)."""
 
-    def __init__(self, fetches: list[Callable[[], Awaitable[str | None]]], limits: list[EndpointLimit]):
+    def __init__(self, fetches: list[Callable[[], Awaitable[str | None]]], limits: list[EndpointLimit],
+                 changed: Callable[[], None]):
         self._fetches = fetches
         self._limits = limits
+        self._changed = changed
         self._active = [asyncio.Event() for _ in fetches]
         self._tasks: list[asyncio.Task | None] = [None] * len(fetches)
 
@@ -80,6 +83,7 @@ class QueueMonitor:
                 limit.stop_queue_steering()
                 return
             limit.observe_queue(*queue)
+            self._changed()
 
     async def aclose(self) -> None:
         for task in self._tasks:
