@@ -85,9 +85,12 @@ def test_parts_store_survives_a_cut_line_and_reads_in_order(tmp_path):
         handle.write('{"seed_index": 9, "v"')  # killed mid-write
     assert completed_keys(parts) == {0, 3, 4}
     with PartWriter(parts, attempt=2, records_per_part=2) as writer:
-        for index in (1, 4, 2):  # 4 written again by a later attempt: counted once
-            writer.write({"seed_index": index, "v": index})
-    assert [r["seed_index"] for r in iter_in_order([parts], tmp_path / "scratch")] == [0, 1, 2, 3, 4]
+        for index in (1, 2, 4):  # 4 written again by a later attempt, in its last part (merged from memory)
+            writer.write({"seed_index": index, "v": f"again {index}"})
+    records = list(iter_in_order([parts], tmp_path / "scratch"))
+    assert [r["seed_index"] for r in records] == [0, 1, 2, 3, 4]
+    assert records[4]["v"] == 4  # counted once: the first attempt's record
+    assert not list((tmp_path / "scratch").iterdir())  # the sorted runs are gone
 
 
 def _record(index: int, text: str, response: str = "answer") -> dict:

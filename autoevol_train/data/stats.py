@@ -24,8 +24,6 @@ from array import array
 from pathlib import Path
 from statistics import median
 
-import xxhash
-
 from autoevol_train.data.decontam import word_tokens
 
 __all__ = ["TextStats", "CONSTRAINT_CUES", "format_table", "plot_stats"]
@@ -36,8 +34,10 @@ CONSTRAINT_CUES = (
     "in addition", "additionally", "also", "require", "requires", "required", "constraint", "while",
     "do not", "don't", "cannot", "specific", "specifically", "format", "step by step", "explain", "justify",
 )
+# Matched on lower-cased text: an IGNORECASE alternation of 36 phrases is ~2.5x slower, and this runs on every
+# row between the last answer and the dataset.
 _CUES = re.compile(r"\b(?:" + "|".join(re.escape(c) for c in sorted(CONSTRAINT_CUES, key=len, reverse=True))
-                   + r")\b", re.IGNORECASE)
+                   + r")\b")
 COLUMNS = ("rows", "instr_words_mean", "instr_words_median", "instr_words_p90", "resp_words_mean",
            "constraints_mean", "questions_mean", "distinct_1", "distinct_2", "vocab")
 
@@ -62,11 +62,12 @@ class TextStats:
         words = word_tokens(instruction)
         self.instr_words.append(len(words))
         self.resp_words += len(word_tokens(response))
-        self.constraints += len(_CUES.findall(instruction))
+        self.constraints += len(_CUES.findall(instruction.lower()))
         self.questions += instruction.count("?")
         if len(self.instr_words) <= self.diversity_rows:
-            self._unigrams.update(xxhash.xxh64_intdigest(w.encode()) for w in words)
-            self._bigrams.update(xxhash.xxh64_intdigest(f"{a} {b}".encode()) for a, b in zip(words, words[1:]))
+            # Python's own 64-bit hashes (a str caches its hash): counts within one process need no stable hash.
+            self._unigrams.update(map(hash, words))
+            self._bigrams.update(map(hash, zip(words, words[1:])))
             self._total_unigrams += len(words)
             self._total_bigrams += max(len(words) - 1, 0)
 

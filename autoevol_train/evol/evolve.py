@@ -396,12 +396,15 @@ def run_evolve(config: EvolveConfig, output_dir: Path, tracker_run: TrackerRun |
 
 
 def _import_assembly() -> None:
-    """Import what the assembly needs (pyarrow, matplotlib: about half a second of CPU) while the LLM phase
+    """Import what the assembly needs (pyarrow, pandas, matplotlib: about a second of CPU) while the LLM phase
     waits on the network, so that it is not spent between the last answer and the dataset."""
     import matplotlib.backends.backend_agg  # noqa: F401  (savefig's canvas)
     import matplotlib.figure  # noqa: F401
+    import pyarrow
 
     import autoevol_train.data.assemble  # noqa: F401
+
+    pyarrow.array([0])  # pyarrow imports pandas (where installed) at its first conversion: 0.25 s
 
 
 def _evolve_in(stage: StageRun, config: EvolveConfig, decontaminator: Decontaminator | None) -> Path:
