@@ -26,7 +26,7 @@ import json
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -303,9 +303,11 @@ def _record_evolution(parts: Path, config: EvolveConfig) -> None:
         write_atomic(path, json.dumps(_evolution_settings(config), indent=2) + "\n")
 
 
-async def evolve_shard(config: EvolveConfig, stage: StageRun) -> tuple[dict[str, Any], LoadReport]:
+async def evolve_shard(config: EvolveConfig, stage: StageRun, first_item: Callable[[], None] | None = None
+                       ) -> tuple[dict[str, Any], LoadReport]:
     """The LLM phase of `run_evolve`: stream this shard's unfinished seeds through `ItemEvolver.item` into the
-    parts store; returns counts and LLM usage, and how the seed file read (malformed rows skipped)."""
+    parts store; returns counts and LLM usage, and how the seed file read (malformed rows skipped).
+    `first_item` is called once the first item is in the store."""
     parts = stage.path / "parts"
     _check_resumable(parts, config)
     # Every seed row is read (and checked) once before any work request, so a bad row at row 900,000 fails now,
@@ -314,7 +316,7 @@ async def evolve_shard(config: EvolveConfig, stage: StageRun) -> tuple[dict[str,
     try:
         async with stage.pool(_roles(config)) as pool:
             total, report = await counting if counting is not None else (None, LoadReport())
-            return await _evolve_items(config, stage, pool, total, report)
+            return await _evolve_items(config, stage, pool, total, report, first_item)
     except EndpointError:
         if counting is not None:
             await counting  # a bad seed row is bad input (exit 2), named before an endpoint's failure
@@ -322,7 +324,8 @@ async def evolve_shard(config: EvolveConfig, stage: StageRun) -> tuple[dict[str,
 
 
 async def _evolve_items(config: EvolveConfig, stage: StageRun, pool: LLMPool, total: int | None,
-                        report: LoadReport) -> tuple[dict[str, Any], LoadReport]:
+                        report: LoadReport, first_item: Callable[[], None] | None
+                        ) -> tuple[dict[str, Any], LoadReport]:
     """The seeds not finished yet, through `ItemEvolver.item`, each finished item into the parts store."""
     parts = stage.path / "parts"
     _record_evolution(parts, config)
@@ -336,6 +339,8 @@ async def _evolve_items(config: EvolveConfig, stage: StageRun, pool: LLMPool, to
             Progress(remaining, "evolve", pool) as bar:
         async for _, record in stream_map(todo, evolver.item, config.max_in_flight):
             writer.write(record)
+            if not counts["items"] and first_item is not None:
+                first_item()
             counts["items"] += 1
             counts["rows"] += len(record["rows"])
             counts["rejected"] += len(record["rejects"])
@@ -397,7 +402,9 @@ def run_evolve(config: EvolveConfig, output_dir: Path, tracker_run: TrackerRun |
 
 def _import_assembly() -> None:
     """Import what the assembly needs (pyarrow, pandas, matplotlib: about a second of CPU) while the LLM phase
-    waits on the network, so that it is not spent between the last answer and the dataset."""
+    waits on the network, so that it is not spent between the last answer and the dataset. Started once the
+    first item is done, not at once: a thread importing holds the GIL most of the time, and at the start it
+    slowed the ramp to a big server's capacity (256 slots full 0.45 s later)."""
     import matplotlib.backends.backend_agg  # noqa: F401  (savefig's canvas)
     import matplotlib.figure  # noqa: F401
     import pyarrow
@@ -413,9 +420,9 @@ def _evolve_in(stage: StageRun, config: EvolveConfig, decontaminator: Decontamin
         part_dirs, load_report = _merge_sources(config)
         usage: dict[str, Any] = {}
     else:
-        if config.num_shards == 1:
-            threading.Thread(target=_import_assembly, name="import assembly", daemon=True).start()
-        summary, report = asyncio.run(evolve_shard(config, stage))
+        importer = threading.Thread(target=_import_assembly, name="import assembly", daemon=True)
+        summary, report = asyncio.run(evolve_shard(config, stage, importer.start if config.num_shards == 1
+                                                   else None))
         usage = summary.pop("llm_usage")
         load_report = report.as_dict()
         if config.num_shards > 1:
