@@ -34,8 +34,8 @@ import argparse
 import heapq
 import json
 import math
-import random
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -163,11 +163,12 @@ def main() -> None:
             spec = ROWS[name]
             slots = sum(s[0] for s in spec)
             ideal = [ideal_utilisation(slots, spec[0][1], args.seeds, args.rounds, seed) for seed in range(IDEAL_DRAWS)]
-            ideal_cells = (f"{sum(ideal) / len(ideal):.3f}, {min(ideal):.3f}")
+            ideal_mean = sum(ideal) / len(ideal)
+            ideal_cells = f"{ideal_mean:.3f}, {min(ideal):.3f}"
             r = run_row(spec, seeds, args, None, Path(tmp) / name / "default")
             line = (f"| {LABELS[name]} | {r['requests']} | {r['wall']:.1f}, **{r['utilisation']:.3f}**, "
                     f"{r['active']:.3f}, {r['queue']:.1f}, {100 * r['late_429']:.2f} %, lost {r['lost']}")
-            of_ideal = f"{r['utilisation'] / (sum(ideal) / len(ideal)):.3f}"
+            of_ideal = f"{r['utilisation'] / ideal_mean:.3f}"
             if args.no_reference:
                 print(f"{line} | | | {ideal_cells} | {of_ideal} | {r['load']:.2f} |", flush=True)
                 continue

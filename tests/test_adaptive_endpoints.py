@@ -89,7 +89,7 @@ def test_requests_waiting_for_room_leave_when_a_poll_grows_the_limit_not_at_the_
     """Answers that take 20 s (a long generation): the queue-steered limit doubles per /metrics poll, and the
     requests waiting in line for room must leave at once. Before, only an answer woke them, so the client sat at
     INITIAL requests in flight for a whole service time. Structural: no request is answered while it grows."""
-    async def main(server: SimServer) -> tuple[int, int]:
+    async def main(server: SimServer) -> tuple[int, float]:
         config = OpenAIRole(model="sim", base_urls=[server.base_url], preflight="off")
         async with LLMPool({"evol": config}) as pool:
             limit = pool["evol"]._backend.limits[0]

@@ -420,9 +420,9 @@ def _evolve_in(stage: StageRun, config: EvolveConfig, decontaminator: Decontamin
         part_dirs, load_report = _merge_sources(config)
         usage: dict[str, Any] = {}
     else:
-        importer = threading.Thread(target=_import_assembly, name="import assembly", daemon=True)
-        summary, report = asyncio.run(evolve_shard(config, stage, importer.start if config.num_shards == 1
-                                                   else None))
+        import_assembly = (threading.Thread(target=_import_assembly, name="import assembly", daemon=True).start
+                           if config.num_shards == 1 else None)  # a shard of several does not assemble
+        summary, report = asyncio.run(evolve_shard(config, stage, import_assembly))
         usage = summary.pop("llm_usage")
         load_report = report.as_dict()
         if config.num_shards > 1:
