@@ -11,7 +11,8 @@ import random
 from collections import deque
 from dataclasses import dataclass, field
 
-from autoevol_train.llm.limiter import FRONT_END_GROWTH, INITIAL, PROBE_WINDOWS, QUEUE_MIN, TOLERANCE, EndpointLimit
+from autoevol_train.llm.limiter import (FRONT_END_GROWTH, INITIAL, PROBE_WINDOWS, QUEUE_MIN, QUEUE_SHARE, TOLERANCE,
+                                        EndpointLimit)
 
 
 @dataclass
@@ -167,6 +168,25 @@ def test_server_queue_limit_grows_gently_when_the_front_end_holds_our_requests()
     assert limit.limit == 16 * FRONT_END_GROWTH ** 2
     limit.observe_queue(running=3, waiting=40)  # a queue: cut to what runs plus the target
     assert limit.limit < 16 * FRONT_END_GROWTH
+
+
+def test_server_queue_target_covers_what_the_front_end_holds():
+    """A front end that is the bottleneck (vLLM's HTTP server and tokeniser on a busy CPU) holds ~72 of our 200
+    requests poll after poll, then hands them on in a burst: the poll that sees the queue sees the front end
+    empty. The queue to keep covers what the front end usually holds (a freed slot's replacement crosses it), so
+    that burst cuts nothing; the earlier rule (5 % of what runs) cut to 134 and starved the front end. A queue
+    that stays while the front end stays empty is cut as before, once the front end's average has faded."""
+    limit = EndpointLimit(200, initial=200)
+    for _ in range(200):
+        limit.start()
+    for _ in range(20):
+        limit.observe_queue(running=128, waiting=0)  # 72 in the front end; the ceiling holds the limit at 200
+    assert limit.limit == 200 and 70 < limit.front_end <= 72
+    limit.observe_queue(running=128, waiting=70)  # the burst: 2 left in the front end
+    assert limit.limit == 200
+    for _ in range(10):
+        limit.observe_queue(running=128, waiting=70)  # the front end stays empty: a real queue at the scheduler
+    assert 128 + QUEUE_SHARE * 128 <= limit.limit < 200
 
 
 def test_server_queue_limit_fills_the_slots_with_a_small_queue():

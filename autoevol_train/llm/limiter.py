@@ -9,9 +9,16 @@ what we sent (`ARRIVED`), the limit doubles per poll until the first queue is se
 the target queue per poll; while nothing waits but the server runs far fewer than we sent (its HTTP / tokenising
 front end is the bottleneck, as for a tiny model on a busy CPU, or the client is too slow to deliver them) it
 grows by `FRONT_END_GROWTH` per poll: throughput still rises with concurrency there; once more than twice the
-target queue (`QUEUE_SHARE` of what runs, at least `QUEUE_MIN`) waits, it is set to what of ours runs plus that
-target (`in flight - (waiting - target)`, the queue counted in proportion to our share of the server's requests:
-the same answer at every poll while the excess drains, so it cannot overshoot downwards). Latency is not used
+target queue waits, it is set to what of ours runs plus that target plus what of ours the front end holds (the
+queue counted in proportion to our share of the server's requests: the same answer at every poll while the
+excess drains, so it cannot overshoot downwards). The target queue is `QUEUE_SHARE` of what runs, at least
+`QUEUE_MIN`, and at least what of ours the front end holds (averaged over polls, `FRONT_END_AVERAGE`): a slot
+freed is refilled from the queue at once, but the queue only by answers that have crossed the front end twice,
+so it must hold what is in transit or it runs dry between the front end's bursts. On a GPU server the front end
+holds almost nothing; on a front end that is the bottleneck (vLLM's HTTP server and tokeniser on a busy CPU)
+it holds many, and hands them on in bursts, so the poll that sees the queue is the one poll where the front end
+is empty: read at that poll, with a 5 % target, the cut starved the front end (on real vLLM over the tiny
+model the limit swung between ~134 and ~330 while the best fixed concurrency was 256). Latency is not used
 here: a batching server's latency grows with its batch even while its throughput does, so latency would stop the
 limit short of a full server.
 
@@ -60,6 +67,7 @@ QUEUE_SHARE = 0.05  # the server queue to keep (metrics path): this share of the
 QUEUE_MIN = 2  # ...and at least this many, so a slot freed while the client answers is refilled at once
 ARRIVED = 0.75  # grow at full speed only while the server runs at least this share of our requests in flight...
 FRONT_END_GROWTH = 1.25  # ...else by this factor per poll (a front-end-bound server, or a slow client)
+FRONT_END_AVERAGE = 0.2  # weight of each poll in the average of our requests the front end holds (~2.5 s)
 
 
 class EndpointLimit:
@@ -74,6 +82,7 @@ class EndpointLimit:
         self.slow_start = adaptive
         self.baseline = math.inf  # seconds: the endpoint's latency without a queue
         self.queue_steered = False  # the endpoint's /metrics answers: its queue, not latency, steers the limit
+        self.front_end = 0.0  # ours in flight but neither running nor waiting at the server, averaged over polls
         self.last_cut: float | None = None  # requests in flight when the endpoint last said "too busy"
         self._since_cut = 0  # windows or polls since then
         self._sent = 0
@@ -133,12 +142,17 @@ class EndpointLimit:
         if not self.adaptive:
             return
         self._since_cut += 1
-        target = max(QUEUE_MIN, QUEUE_SHARE * running)
+        # Ours in the server's HTTP / tokenising front end or on the wire (none seen while others' requests fill it).
+        self.front_end += FRONT_END_AVERAGE * (max(0.0, self.in_flight - running - waiting) - self.front_end)
+        # A slot freed is refilled from the queue at once, but the queue itself only by answers that crossed the
+        # front end twice: it must hold at least what is in transit, or it runs dry between the front end's bursts.
+        target = max(QUEUE_MIN, QUEUE_SHARE * running, self.front_end)
         if waiting:
             self.slow_start = False  # a queue: the server's capacity is found, no more doubling
-        if waiting > 2 * target:  # every slot is busy and more than the target waits: keep what runs + target
+        if waiting > 2 * target:  # every slot is busy and more than the target waits: keep what runs + target + front
             ours = min(1.0, self.in_flight / max(running + waiting, 1.0))  # other clients' queue is not ours to cut
-            self.limit = max(1.0, self.limit / 2, min(self.limit, self.in_flight - ours * (waiting - target)))
+            keep = ours * (running + target) + self.front_end
+            self.limit = max(1.0, self.limit / 2, min(self.limit, keep))
         elif waiting == 0 and reached:  # free slots
             if running >= ARRIVED * self.in_flight:  # and our requests reach the server's scheduler
                 self.limit = self._grown(2 * self.limit if self.slow_start else self.limit + target)
