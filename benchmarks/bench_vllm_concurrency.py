@@ -22,7 +22,8 @@ for a second after each read; py-spy put ~45 % of the engine core's samples ther
 host's many cores costs nothing, but on these 2 cores takes the CPU the HTTP / tokenising front end and this
 client need: measured with the default priority, the same fixed row varied 109-232 requests/s within one run
 (the front end stalled for 5-10 s at a time, /metrics unanswered); with nice 10, 188-216 in a probe and
-173-262 over one 5-round run. The server's code and settings are untouched; only the OS scheduler's share changes, the same for every row.
+173-262 over one 5-round run. The server's code and settings are untouched; only the OS scheduler's share
+changes, the same for every row.
 
     python benchmarks/bench_vllm_concurrency.py [--requests 3000] [--rounds 2] [--sweep 8,16,32,64,128,256]
 
