@@ -5,20 +5,20 @@ Two signals, the better one first:
 **The server's own queue** (vLLM's `/metrics`, read by server_metrics.py every `POLL_S` while requests are in
 flight). vLLM's scheduler runs what fits (decoding slots, KV cache) and queues the rest, so `num_requests_waiting`
 says directly whether the server has room. While nothing waits, the limit was reached and the server runs most of
-what we sent (`ARRIVED`), the limit doubles per poll until the first queue is seen (slow start), later grows by
-the target queue per poll; while nothing waits but the server runs far fewer than we sent (its HTTP / tokenising
-front end is the bottleneck, as for a tiny model on a busy CPU, or the client is too slow to deliver them) it
-grows by `FRONT_END_GROWTH` per poll: throughput still rises with concurrency there; once more than twice the
-target queue waits, it is set to what of ours runs plus that target plus what of ours the front end holds (the
-queue counted in proportion to our share of the server's requests: the same answer at every poll while the
-excess drains, so it cannot overshoot downwards). The target queue is `QUEUE_SHARE` of what runs, at least
-`QUEUE_MIN`, and at least what of ours the front end holds (averaged over polls, `FRONT_END_AVERAGE`): a slot
-freed is refilled from the queue at once, but the queue only by answers that have crossed the front end twice,
-so it must hold what is in transit or it runs dry between the front end's bursts. On a GPU server the front end
-holds almost nothing; on a front end that is the bottleneck (vLLM's HTTP server and tokeniser on a busy CPU)
-it holds many, and hands them on in bursts, so the poll that sees the queue is the one poll where the front end
-is empty: read at that poll, with a 5 % target, the cut starved the front end (on real vLLM over the tiny
-model the limit swung between ~134 and ~330 while the best fixed concurrency was 256). Latency is not used
+what we sent (`ARRIVED`), the limit doubles per poll until the first queue is seen (slow start), later grows by the
+target queue per poll; while nothing waits but the server runs far fewer than we sent (its HTTP / tokenising front
+end is the bottleneck, as for a tiny model on a busy CPU, or the client is too slow to deliver them) it grows by
+`FRONT_END_GROWTH` per poll: throughput still rises with concurrency there; once more than twice the target queue
+waits, it is set to what of ours runs plus that target plus what of ours the front end holds (the queue counted in
+proportion to our share of the server's requests: nearly the same answer at every poll while the excess drains,
+lower only as the front end's average fades, so it cannot overshoot downwards). The target queue is `QUEUE_SHARE` of
+what runs, at least `QUEUE_MIN`, and at least what of ours the front end holds (averaged over polls,
+`FRONT_END_AVERAGE`): a slot freed is refilled from the queue at once, but the queue only by answers that have
+crossed the front end twice, so it must hold what is in transit or it runs dry between the front end's bursts. On a
+GPU server the front end holds almost nothing; on a front end that is the bottleneck (vLLM's HTTP server and
+tokeniser on a busy CPU) it holds many, and hands them on in bursts, so the poll that sees the queue is the one poll
+where the front end is empty: read at that poll, with a 5 % target, the cut starved the front end (on real vLLM over
+the tiny model the limit swung between ~134 and ~330 while the best fixed concurrency was 256). Latency is not used
 here: a batching server's latency grows with its batch even while its throughput does, so latency would stop the
 limit short of a full server.
 
