@@ -263,7 +263,7 @@ def main() -> None:
           f"({'meets' if ratio >= 0.95 else 'does NOT meet'} the ≥ 0.95 target); "
           f"load average at end {os.getloadavg()[0]:.2f} / {os.getloadavg()[1]:.2f}")
     paired = [theirs.wall / mine.wall for mine, theirs in zip(runs[DEFAULT], runs[best])]
-    print(f"the same ratio within each round (the two rows measured minutes apart, not hours): "
+    print(f"the same ratio within each round (each pair measured back to back, as the rotation allows): "
           f"{', '.join(f'{r:.2f}' for r in paired)}; median {statistics.median(paired):.3f}")
     for i, run in enumerate(runs[DEFAULT]):
         step = max(1, len(run.samples) // 24)
