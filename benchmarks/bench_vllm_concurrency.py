@@ -55,6 +55,7 @@ import psutil
 
 from autoevol_train.llm.client import LLMPool
 from autoevol_train.llm.scheduler import stream_map
+from autoevol_train.llm.server_metrics import metrics_url, parse_queue
 from autoevol_train.llm.types import OpenAIRole
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the server starter is shared with the tests
@@ -87,16 +88,6 @@ class Run:
     samples: list[Sample] = field(default_factory=list)
 
 
-def vllm_gauges(text: str) -> tuple[float | None, float | None]:
-    """vLLM's `num_requests_running` and `num_requests_waiting` (summed over engines) from /metrics."""
-    found: dict[str, float] = {}
-    for line in text.splitlines():
-        for name in ("vllm:num_requests_running", "vllm:num_requests_waiting"):
-            if line.startswith(name) and line[len(name)] in "{ ":
-                found[name] = found.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
-    return found.get("vllm:num_requests_running"), found.get("vllm:num_requests_waiting")
-
-
 async def drive(base_url: str, lengths: list[int], fixed: int | None, sample_s: float, tag: str) -> Run:
     """One row: a chat request per entry of `lengths`, each answering exactly that many tokens."""
     config = OpenAIRole(model="tiny", base_urls=[base_url], temperature=0.0,
@@ -126,9 +117,10 @@ async def drive(base_url: str, lengths: list[int], fixed: int | None, sample_s: 
             reported = 0
             while True:
                 try:
-                    running, waiting = vllm_gauges((await http.get(base_url.removesuffix("/v1") + "/metrics")).text)
+                    queue = parse_queue((await http.get(metrics_url(base_url))).text)
                 except httpx.HTTPError:
-                    running = waiting = None
+                    queue = None
+                running, waiting = queue or (None, None)
                 fresh = latencies[reported:]
                 reported += len(fresh)
                 samples.append(Sample(
@@ -263,7 +255,7 @@ def main() -> None:
           f"({'meets' if ratio >= 0.95 else 'does NOT meet'} the ≥ 0.95 target); "
           f"load average at end {os.getloadavg()[0]:.2f} / {os.getloadavg()[1]:.2f}")
     paired = [theirs.wall / mine.wall for mine, theirs in zip(runs[DEFAULT], runs[best])]
-    print(f"the same ratio within each round (each pair measured back to back, as the rotation allows): "
+    print(f"the same ratio within each round (each pair measured in the same round): "
           f"{', '.join(f'{r:.2f}' for r in paired)}; median {statistics.median(paired):.3f}")
     for i, run in enumerate(runs[DEFAULT]):
         step = max(1, len(run.samples) // 24)
