@@ -284,6 +284,28 @@ def test_stream_map_has_no_barrier_and_bounds_items_in_flight():
     assert sum(not zero_done for _, zero_done in out) >= 17  # streamed to the consumer, not held for item 0
 
 
+def test_stream_map_propagates_a_stage_bug_and_cancels_the_items_still_running():
+    """An exception from the item coroutine is a bug in the stage: it reaches the consumer at once, and the items
+    still running are cancelled, not left to finish (or hang) behind it."""
+    cancelled: list[int] = []
+
+    async def item(i):
+        if i == 3:
+            raise KeyError("field")
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.append(i)
+            raise
+
+    async def main():
+        return [pair async for pair in stream_map(range(10), item, max_in_flight=5)]
+
+    with pytest.raises(KeyError):
+        asyncio.run(asyncio.wait_for(main(), timeout=10))
+    assert sorted(cancelled) == [0, 1, 2, 4]  # the four others in flight; items 5-9 never started
+
+
 def test_request_body_samples_and_usage_are_the_openai_sdks(scripted_server):
     """The transport (aiohttp, not the SDK) sends what the SDK sent: unset fields left out, `extra_body` on top;
     n samples come back in index order, usage counted once per response."""
