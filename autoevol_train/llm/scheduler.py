@@ -30,7 +30,7 @@ async def stream_map(items: Iterable[T], fn: Callable[[T], Awaitable[R]], max_in
     running: dict[asyncio.Task, T] = {}
     # Each task puts itself here when done: O(1) per item. `asyncio.wait(running, FIRST_COMPLETED)` instead adds
     # and removes a callback on every running task at every call: with a stage's 1,024 items in flight that cost
-    # 0.45 CPU-s per 1,000 items (this queue: 0.08), more than the LLM layer's own request path.
+    # 0.26 CPU-s per 1,000 items (this queue: 0.05; benchmarks/bench_client_cpu.py), most of what a request costs.
     finished: asyncio.Queue[asyncio.Task] = asyncio.Queue()
 
     def top_up() -> None:
